@@ -1,0 +1,12 @@
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: ["test/**/*.test.ts"],
+    testTimeout: 120_000,
+    hookTimeout: 120_000,
+    // The suites start real servers and child processes; two cores do not gain from many workers.
+    maxWorkers: 2,
+    reporters: ["default"],
+  },
+});
