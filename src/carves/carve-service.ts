@@ -1,0 +1,140 @@
+import { randomBytes } from "node:crypto";
+import { AppError } from "../errors.js";
+import type { Logger } from "../logger.js";
+import type { AgentInfo, CarveStore, PutBlockResult, Session } from "../storage/carve-store.js";
+import { decodeBlockData } from "./base64.js";
+import { blockCountFor, expectedBlockLength } from "./geometry.js";
+
+/** A validated start request, in our naming (osquery's snake_case stops at the HTTP boundary). */
+export interface StartCommand {
+  blockCount: number;
+  blockSize: number;
+  carveSize: number;
+  carveId: string;
+  requestId: string;
+  nodeKey: string;
+  agent: AgentInfo;
+}
+
+export interface BlockCommand {
+  blockId: number;
+  sessionId: string;
+  requestId: string;
+  /** base64 text as sent by the agent */
+  data: string;
+}
+
+export interface CarveLimits {
+  maxBlockSize: number;
+  maxCarveSize: number;
+}
+
+export interface StartOutcome {
+  session: Session;
+  /** false when this was a retried start of a carve that already has a session */
+  created: boolean;
+}
+
+export interface BlockOutcome extends PutBlockResult {
+  session: Session;
+}
+
+export function newSessionId(): string {
+  return randomBytes(16).toString("hex");
+}
+
+/**
+ * The carve protocol rules (osquery-carver-protocol.md): geometry, idempotent starts, block validation.
+ * Storage I/O is the store's; HTTP is the caller's.
+ */
+export class CarveService {
+  constructor(
+    private readonly deps: {
+      store: CarveStore;
+      limits: CarveLimits;
+      logger: Logger;
+      sessionIds?: () => string;
+    },
+  ) {}
+
+  /**
+   * Opens a session, or returns the existing one when an agent (5.22+) retries the same start.
+   * @throws AppError INVALID_START, BLOCK_SIZE_TOO_LARGE, CARVE_TOO_LARGE, CARVE_ID_CONFLICT,
+   *   STORAGE_UNAVAILABLE
+   */
+  async start(cmd: StartCommand): Promise<StartOutcome> {
+    const { limits } = this.deps;
+    if (cmd.blockSize > limits.maxBlockSize) {
+      throw new AppError("BLOCK_SIZE_TOO_LARGE", `block_size ${cmd.blockSize} > ${limits.maxBlockSize}`);
+    }
+    if (cmd.carveSize > limits.maxCarveSize) {
+      throw new AppError("CARVE_TOO_LARGE", `carve_size ${cmd.carveSize} > ${limits.maxCarveSize}`);
+    }
+    const expectedCount = blockCountFor(cmd.carveSize, cmd.blockSize);
+    if (cmd.blockCount !== expectedCount) {
+      throw new AppError(
+        "INVALID_START",
+        `block_count ${cmd.blockCount} != ceil(carve_size / block_size) = ${expectedCount}`,
+      );
+    }
+    const sessionId = (this.deps.sessionIds ?? newSessionId)();
+    const { session, created } = await this.deps.store.createSession(
+      {
+        carveId: cmd.carveId,
+        requestId: cmd.requestId,
+        nodeKey: cmd.nodeKey,
+        blockCount: cmd.blockCount,
+        blockSize: cmd.blockSize,
+        carveSize: cmd.carveSize,
+        agent: cmd.agent,
+      },
+      sessionId,
+    );
+    if (!created) {
+      const sameCarve =
+        session.requestId === cmd.requestId &&
+        session.blockCount === cmd.blockCount &&
+        session.blockSize === cmd.blockSize &&
+        session.carveSize === cmd.carveSize &&
+        session.nodeKey === cmd.nodeKey;
+      if (!sameCarve) {
+        this.deps.logger.warn(
+          { carveId: cmd.carveId, requestId: cmd.requestId, existingRequestId: session.requestId },
+          "start refused: carve_id already belongs to another carve",
+        );
+        throw new AppError("CARVE_ID_CONFLICT");
+      }
+      this.deps.logger.info({ carveId: cmd.carveId, sessionId: session.sessionId }, "retried start: same session");
+      return { session, created: false };
+    }
+    this.deps.logger.info(
+      {
+        carveId: session.carveId,
+        requestId: session.requestId,
+        sessionId: session.sessionId,
+        carveSize: session.carveSize,
+        blockSize: session.blockSize,
+        blockCount: session.blockCount,
+        agentAddress: session.agent.address,
+      },
+      "carve session started",
+    );
+    return { session, created: true };
+  }
+
+  /**
+   * Validates and stores one block.
+   * @throws AppError UNKNOWN_SESSION, REQUEST_ID_MISMATCH, BLOCK_OUT_OF_RANGE, INVALID_BASE64,
+   *   BLOCK_LENGTH_MISMATCH, BLOCK_CONFLICT, STORAGE_UNAVAILABLE
+   */
+  async block(cmd: BlockCommand): Promise<BlockOutcome> {
+    const session = await this.deps.store.findSession(cmd.sessionId);
+    if (cmd.requestId !== session.requestId) throw new AppError("REQUEST_ID_MISMATCH");
+    if (cmd.blockId >= session.blockCount) {
+      throw new AppError("BLOCK_OUT_OF_RANGE", `block_id ${cmd.blockId} >= block_count ${session.blockCount}`);
+    }
+    const data = decodeBlockData(cmd.data, expectedBlockLength(session, cmd.blockId));
+    const result = await this.deps.store.putBlock(session, cmd.blockId, data);
+    return { ...result, session };
+  }
+}

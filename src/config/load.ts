@@ -1,0 +1,113 @@
+import { existsSync, readFileSync } from "node:fs";
+import path from "node:path";
+import { parse as parseYaml } from "yaml";
+import { configSchema, type Config } from "./schema.js";
+
+/**
+ * Environment variables that override conf/carve-server.yml. The names are a public contract
+ * (README, docker-compose.yml, nginx templates): rename nothing without a deprecation.
+ */
+export const ENV_OVERRIDES: Record<string, readonly string[]> = {
+  CARVE_HOST: ["server", "host"],
+  CARVE_PORT: ["server", "port"],
+  CARVE_SHUTDOWN_GRACE_SECONDS: ["server", "shutdownGraceSeconds"],
+  CARVE_START_PATH: ["agent", "startPath"],
+  CARVE_CONTINUE_PATH: ["agent", "continuePath"],
+  CARVE_MAX_BLOCK_SIZE: ["agent", "maxBlockSize"],
+  CARVE_MAX_CARVE_SIZE: ["agent", "maxCarveSize"],
+  CARVE_STORAGE: ["storage", "backend"],
+  CARVE_DATA_DIR: ["storage", "filesystem", "dataDir"],
+  CARVE_FSYNC_EACH_BLOCK: ["storage", "filesystem", "fsyncEachBlock"],
+  LOG_LEVEL: ["logging", "level"],
+};
+
+/** Keys whose environment value is a boolean. */
+const BOOLEAN_ENV = new Set(["CARVE_FSYNC_EACH_BLOCK"]);
+
+export const DEFAULT_CONFIG_FILE = "conf/carve-server.yml";
+
+export class ConfigError extends Error {
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super(`invalid configuration:\n  - ${problems.join("\n  - ")}`);
+    this.name = "ConfigError";
+    this.problems = problems;
+  }
+}
+
+export interface LoadOptions {
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+}
+
+function setPath(target: Record<string, unknown>, keys: readonly string[], value: unknown): void {
+  let node = target;
+  for (const key of keys.slice(0, -1)) {
+    const next = node[key];
+    if (typeof next !== "object" || next === null || Array.isArray(next)) {
+      node[key] = {};
+    }
+    node = node[key] as Record<string, unknown>;
+  }
+  node[keys[keys.length - 1] as string] = value;
+}
+
+/**
+ * Loads the configuration: the YAML file (CARVE_CONFIG, else conf/carve-server.yml when present, else
+ * built-in defaults), then environment overrides, then validation. Every problem is reported at once in a
+ * ConfigError; the result is deeply frozen.
+ *
+ * @throws ConfigError when the file cannot be read or parsed, or any value is invalid.
+ */
+export function loadConfig(options: LoadOptions = {}): Config {
+  const env = options.env ?? process.env;
+  const cwd = options.cwd ?? process.cwd();
+  const problems: string[] = [];
+  let raw: Record<string, unknown> = {};
+
+  const explicit = env.CARVE_CONFIG;
+  const file = explicit ? path.resolve(cwd, explicit) : path.resolve(cwd, DEFAULT_CONFIG_FILE);
+  if (explicit || existsSync(file)) {
+    try {
+      const parsed: unknown = parseYaml(readFileSync(file, "utf8"));
+      if (parsed === null || parsed === undefined) raw = {};
+      else if (typeof parsed === "object" && !Array.isArray(parsed)) raw = parsed as Record<string, unknown>;
+      else problems.push(`${file}: top level must be a mapping`);
+    } catch (err) {
+      problems.push(`${file}: ${err instanceof Error ? err.message.split("\n")[0] : String(err)}`);
+    }
+  }
+
+  for (const [name, keys] of Object.entries(ENV_OVERRIDES)) {
+    const value = env[name];
+    if (value === undefined || value === "") continue;
+    if (BOOLEAN_ENV.has(name)) {
+      if (/^(1|true|yes|on)$/i.test(value)) setPath(raw, keys, true);
+      else if (/^(0|false|no|off)$/i.test(value)) setPath(raw, keys, false);
+      else problems.push(`${name}: expected true or false, got ${JSON.stringify(value)}`);
+      continue;
+    }
+    setPath(raw, keys, value);
+  }
+
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    const envByPath = new Map(Object.entries(ENV_OVERRIDES).map(([name, keys]) => [keys.join("."), name]));
+    for (const issue of result.error.issues) {
+      const where = issue.path.join(".") || "(top level)";
+      const envName = envByPath.get(where);
+      const source = envName && env[envName] ? ` (from ${envName})` : "";
+      problems.push(`${where}${source}: ${issue.message}`);
+    }
+  }
+  if (problems.length > 0 || !result.success) throw new ConfigError(problems);
+  return deepFreeze(result.data);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === "object") {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

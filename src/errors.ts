@@ -1,0 +1,76 @@
+/**
+ * The error registry: every error the service raises on purpose has a stable code, an HTTP status and a
+ * message that is safe to show to a client. Adapters wrap low-level errors (ENOENT, Mongo codes, Vault
+ * replies) in one of these and keep the original as `cause`, which is logged but never sent.
+ *
+ * Agent endpoints answer differently from the responder API (osquery ignores status codes and treats any
+ * JSON body as success), see src/http/agent-reply.ts; the codes are shared.
+ */
+export const ERROR_CODES = {
+  // agent protocol: start
+  INVALID_START: { status: 400, message: "invalid start request" },
+  CARVE_ID_CONFLICT: { status: 409, message: "carve_id already in use by another carve" },
+  CARVE_TOO_LARGE: { status: 413, message: "carve_size exceeds the configured maximum" },
+  BLOCK_SIZE_TOO_LARGE: { status: 413, message: "block_size exceeds the configured maximum" },
+  // agent protocol: blocks
+  INVALID_BLOCK: { status: 400, message: "invalid block request" },
+  INVALID_BASE64: { status: 400, message: "block data is not valid base64" },
+  BLOCK_LENGTH_MISMATCH: { status: 400, message: "decoded block length does not match the carve geometry" },
+  BLOCK_OUT_OF_RANGE: { status: 400, message: "block_id outside 0..block_count-1" },
+  BLOCK_CONFLICT: { status: 409, message: "block already stored with different content" },
+  UNKNOWN_SESSION: { status: 404, message: "unknown session_id" },
+  REQUEST_ID_MISMATCH: { status: 403, message: "request_id does not match the session" },
+  UNKNOWN_REQUEST: { status: 400, message: "request body is neither a carve start nor a block" },
+  // generic HTTP
+  BODY_TOO_LARGE: { status: 413, message: "request body too large" },
+  INVALID_JSON: { status: 400, message: "request body is not valid JSON" },
+  NOT_FOUND: { status: 404, message: "no such endpoint" },
+  INVALID_QUERY: { status: 400, message: "invalid query" },
+  CARVE_NOT_FOUND: { status: 404, message: "no such carve" },
+  CARVE_NOT_COMPLETE: { status: 409, message: "carve is not complete" },
+  // server side
+  STORAGE_UNAVAILABLE: { status: 503, message: "storage temporarily unavailable" },
+  SHUTTING_DOWN: { status: 503, message: "service is shutting down" },
+  INTERNAL: { status: 500, message: "internal error" },
+} as const satisfies Record<string, { status: number; message: string }>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class AppError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  /** Extra detail that is safe to show to the client (never secrets, never raw backend errors). */
+  readonly detail: string | undefined;
+
+  constructor(code: ErrorCode, detail?: string, options?: { cause?: unknown }) {
+    const base = ERROR_CODES[code];
+    super(detail === undefined ? base.message : `${base.message}: ${detail}`, options);
+    this.name = "AppError";
+    this.code = code;
+    this.status = base.status;
+    this.detail = detail;
+  }
+
+  /** The message a client may see. */
+  get publicMessage(): string {
+    return this.message;
+  }
+}
+
+export function isAppError(err: unknown): err is AppError {
+  return err instanceof AppError;
+}
+
+/** Reduces an unknown error to fields that are safe to log (no request configs, no headers, no bodies). */
+export function safeErrorFields(err: unknown): { name?: string; code?: string | number; message?: string } {
+  if (err instanceof AppError) return { name: err.name, code: err.code, message: err.message };
+  if (err instanceof Error) {
+    const code = (err as { code?: unknown }).code;
+    return {
+      name: err.name,
+      ...(typeof code === "string" || typeof code === "number" ? { code } : {}),
+      message: err.message,
+    };
+  }
+  return { message: String(err) };
+}

@@ -1,0 +1,146 @@
+import express, { type Request, type Response, type Router } from "express";
+import { AppError, safeErrorFields } from "../errors.js";
+import type { CarveService } from "../carves/carve-service.js";
+import type { Logger } from "../logger.js";
+import { refuseNonJson, refuseStart, replyBlockAccepted, replyStartAccepted } from "./agent-reply.js";
+import { blockBodySchema, describeIssues, startBodySchema } from "./agent-schemas.js";
+
+export interface AgentRoutesOptions {
+  startPath: string;
+  continuePath: string;
+  maxBlockSize: number;
+}
+
+type Kind = "start" | "block";
+
+/** Largest block request body: base64 of the largest block plus room for the other keys. */
+export function blockBodyLimit(maxBlockSize: number): number {
+  return 4 * Math.ceil(maxBlockSize / 3) + 4096;
+}
+
+const START_BODY_LIMIT = 64 * 1024;
+
+/** osquery sends `Authorization: NodeKey <key>` from 5.23 on. */
+function nodeKeyFromHeader(req: Request): string | undefined {
+  const auth = req.headers.authorization;
+  if (typeof auth !== "string") return undefined;
+  const m = /^NodeKey\s+(\S+)$/i.exec(auth.trim());
+  return m?.[1];
+}
+
+/** Which request a body is, for agents whose endpoint flags are empty and post both to `/`. */
+function kindOf(body: unknown): Kind | null {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) return null;
+  if ("block_count" in body || "carve_size" in body) return "start";
+  if ("block_id" in body || "session_id" in body) return "block";
+  return null;
+}
+
+function bodyError(err: unknown): AppError {
+  const e = err as { type?: string; status?: number };
+  if (e.type === "entity.too.large" || e.status === 413) return new AppError("BODY_TOO_LARGE");
+  if (e.type === "encoding.unsupported" || e.type === "charset.unsupported") {
+    return new AppError("INVALID_BLOCK", "unsupported content encoding (osquery sends plain JSON)");
+  }
+  return new AppError("INVALID_BLOCK", "could not read request body", { cause: err });
+}
+
+export function agentRouter(deps: { carves: CarveService; logger: Logger }, options: AgentRoutesOptions): Router {
+  const router = express.Router();
+  const blockLimit = blockBodyLimit(options.maxBlockSize);
+  // The Content-Type is not trusted (agents send application/json, other clients may not): read raw bytes.
+  const rawParsers = {
+    start: express.raw({ type: () => true, limit: START_BODY_LIMIT }),
+    any: express.raw({ type: () => true, limit: blockLimit }),
+  };
+
+  const readBody = (req: Request, res: Response, which: "start" | "any"): Promise<Buffer> =>
+    new Promise((resolve, reject) => {
+      rawParsers[which](req, res, (err?: unknown) => {
+        if (err) reject(bodyError(err));
+        else resolve(Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0));
+      });
+    });
+
+  const logRefusal = (req: Request, kind: Kind | "unknown", err: AppError): void => {
+    const fields = { kind, code: err.code, ...(err.cause ? { cause: safeErrorFields(err.cause) } : {}) };
+    if (err.status >= 500) req.log.error(fields, "agent request failed on the server side");
+    else req.log.warn(fields, "agent request refused");
+  };
+
+  const handleStart = async (body: unknown, req: Request, res: Response): Promise<void> => {
+    const parsed = startBodySchema.safeParse(body);
+    if (!parsed.success) {
+      logRefusal(req, "start", refuseStart(res, new AppError("INVALID_START", describeIssues(parsed.error))));
+      return;
+    }
+    const b = parsed.data;
+    try {
+      const { session } = await deps.carves.start({
+        blockCount: b.block_count,
+        blockSize: b.block_size,
+        carveSize: b.carve_size,
+        carveId: b.carve_id,
+        requestId: b.request_id,
+        nodeKey: b.node_key || nodeKeyFromHeader(req) || "",
+        agent: { address: req.ip ?? req.socket.remoteAddress ?? null, userAgent: req.get("user-agent") ?? null },
+      });
+      replyStartAccepted(res, session.sessionId);
+    } catch (err) {
+      logRefusal(req, "start", refuseStart(res, err));
+    }
+  };
+
+  const handleBlock = async (body: unknown, req: Request, res: Response): Promise<void> => {
+    const parsed = blockBodySchema.safeParse(body);
+    if (!parsed.success) {
+      logRefusal(req, "block", refuseNonJson(res, new AppError("INVALID_BLOCK", describeIssues(parsed.error))));
+      return;
+    }
+    const b = parsed.data;
+    try {
+      const outcome = await deps.carves.block({
+        blockId: b.block_id,
+        sessionId: b.session_id,
+        requestId: b.request_id,
+        data: b.data,
+      });
+      if (outcome.duplicate) {
+        req.log.debug({ carveId: outcome.session.carveId, blockId: b.block_id }, "duplicate block acknowledged");
+      }
+      replyBlockAccepted(res);
+    } catch (err) {
+      logRefusal(req, "block", refuseNonJson(res, err));
+    }
+  };
+
+  const handler =
+    (route: Kind | "auto") =>
+    async (req: Request, res: Response): Promise<void> => {
+      let raw: Buffer;
+      try {
+        raw = await readBody(req, res, route === "start" ? "start" : "any");
+      } catch (err) {
+        const e = err instanceof AppError ? err : new AppError("INVALID_BLOCK");
+        logRefusal(req, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
+        return;
+      }
+      let body: unknown;
+      try {
+        body = JSON.parse(raw.toString("utf8"));
+      } catch {
+        const e = new AppError("INVALID_JSON");
+        logRefusal(req, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
+        return;
+      }
+      const kind = route === "auto" ? kindOf(body) : route;
+      if (kind === "start") return handleStart(body, req, res);
+      if (kind === "block") return handleBlock(body, req, res);
+      logRefusal(req, "unknown", refuseNonJson(res, new AppError("UNKNOWN_REQUEST")));
+    };
+
+  router.post(options.startPath, handler("start"));
+  router.post(options.continuePath, handler("block"));
+  router.post("/", handler("auto"));
+  return router;
+}

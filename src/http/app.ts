@@ -1,0 +1,66 @@
+import express, { type Express, type NextFunction, type Request, type Response } from "express";
+import type { Config } from "../config/schema.js";
+import type { CarveService } from "../carves/carve-service.js";
+import { AppError, isAppError, safeErrorFields } from "../errors.js";
+import type { Logger } from "../logger.js";
+import type { CarveStore } from "../storage/carve-store.js";
+import { agentRouter } from "./agent-routes.js";
+import { refuseNonJson } from "./agent-reply.js";
+import { healthRouter } from "./health-routes.js";
+import { httpLogger } from "./logging.js";
+
+export interface AppDeps {
+  config: Config;
+  logger: Logger;
+  store: CarveStore;
+  carves: CarveService;
+  isShuttingDown?: () => boolean;
+}
+
+/** Responder-facing error shape: `{"error": {"code", "message", "requestId"}}`. */
+export function sendJsonError(req: Request, res: Response, err: AppError): void {
+  res.status(err.status).json({ error: { code: err.code, message: err.publicMessage, requestId: String(req.id) } });
+}
+
+/** Builds the Express application. Creates nothing that needs closing: the caller owns store and server. */
+export function createApp(deps: AppDeps): Express {
+  const { config } = deps;
+  const app = express();
+  app.disable("x-powered-by");
+  app.set("etag", false);
+  app.use(httpLogger(deps.logger, { quietPaths: new Set([config.agent.continuePath]) }));
+
+  app.use(healthRouter({ store: deps.store, isShuttingDown: deps.isShuttingDown ?? (() => false) }));
+  app.use(
+    agentRouter(
+      { carves: deps.carves, logger: deps.logger },
+      {
+        startPath: config.agent.startPath,
+        continuePath: config.agent.continuePath,
+        maxBlockSize: config.agent.maxBlockSize,
+      },
+    ),
+  );
+
+  app.use((req: Request, res: Response) => {
+    if (req.method === "POST") {
+      // Possibly an agent with a mistyped endpoint (osquery keeps trailing spaces of flagfile values):
+      // a non-JSON answer makes it fail visibly instead of believing its blocks were stored.
+      req.log.warn({ url: req.originalUrl }, "POST to an unknown path (check --carver_*_endpoint flags)");
+      refuseNonJson(res, new AppError("NOT_FOUND"));
+      return;
+    }
+    sendJsonError(req, res, new AppError("NOT_FOUND"));
+  });
+
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    const appErr = isAppError(err) ? err : new AppError("INTERNAL", undefined, { cause: err });
+    if (appErr.status >= 500) req.log.error({ err: safeErrorFields(appErr.cause ?? appErr) }, "request failed");
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    sendJsonError(req, res, appErr);
+  });
+  return app;
+}

@@ -1,0 +1,21 @@
+import express, { type Router } from "express";
+import type { CarveStore } from "../storage/carve-store.js";
+
+export function healthRouter(deps: { store: CarveStore; isShuttingDown: () => boolean }): Router {
+  const router = express.Router();
+  // Liveness, in the seed server's shape: the process answers HTTP.
+  router.get("/status", (_req, res) => {
+    res.json({ success: true });
+  });
+  // Readiness: storage can take writes and the service is not draining.
+  router.get("/ready", async (_req, res) => {
+    const storage = await deps.store.health();
+    const ready = storage.ok && !deps.isShuttingDown();
+    res.status(ready ? 200 : 503).json({
+      status: ready ? "ready" : "unavailable",
+      shuttingDown: deps.isShuttingDown(),
+      storage,
+    });
+  });
+  return router;
+}

@@ -1,0 +1,46 @@
+import { ConfigError, loadConfig } from "./config/load.js";
+import { createLogger } from "./logger.js";
+import { safeErrorFields } from "./errors.js";
+import { startService } from "./server.js";
+
+/** Wiring only: config -> logger -> store -> app -> server; graceful shutdown on SIGTERM/SIGINT. */
+async function main(): Promise<void> {
+  let config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`osquery-carve-server: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const logger = createLogger(config.logging.level);
+  let service;
+  try {
+    service = await startService({ config, logger });
+  } catch (err) {
+    logger.fatal({ err: safeErrorFields(err) }, "could not start");
+    process.exit(1);
+  }
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals++;
+    if (signals > 1) {
+      logger.warn({ signal }, "second signal: exiting now");
+      process.exit(1);
+    }
+    logger.info({ signal }, "signal received");
+    service.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error({ err: safeErrorFields(err) }, "error during shutdown");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+}
+
+void main();

@@ -1,0 +1,146 @@
+import type { Readable } from "node:stream";
+
+/** Where a carve came from on the agent side, as far as the server can tell. */
+export interface AgentInfo {
+  /** Client address as seen by the service (the proxy's view when behind a trusted proxy). */
+  address: string | null;
+  userAgent: string | null;
+}
+
+/** What an agent asked for in its start request, after validation. */
+export interface SessionSpec {
+  carveId: string;
+  requestId: string;
+  /** osquery's enrollment secret for the node; stored, never logged. May be "". */
+  nodeKey: string;
+  blockCount: number;
+  blockSize: number;
+  carveSize: number;
+  agent: AgentInfo;
+}
+
+export interface Session extends SessionSpec {
+  sessionId: string;
+  createdAt: Date;
+}
+
+export type CarveStatus = "receiving" | "complete";
+export type Compression = "zstd" | "none";
+
+export interface CarveRecord extends Session {
+  status: CarveStatus;
+  /** Last time a block was stored (createdAt before the first one). */
+  updatedAt: Date;
+  completedAt: Date | null;
+  blocksReceived: number;
+  bytesReceived: number;
+  /** SHA-256 (hex) of the whole uploaded archive, set at completion. */
+  sha256: string | null;
+  compression: Compression | null;
+}
+
+export interface PutBlockResult {
+  /** The identical block was already stored; nothing changed. */
+  duplicate: boolean;
+  /** The carve is complete after this call. */
+  complete: boolean;
+  /** This very call completed the carve: exactly one caller per carve ever sees true. */
+  completedNow: boolean;
+}
+
+export interface CreateSessionResult {
+  session: Session;
+  /** False when a session for this carve_id already existed; `session` is then the existing one. */
+  created: boolean;
+}
+
+export interface ListQuery {
+  status?: CarveStatus;
+  nodeKey?: string;
+  /** Only carves created at or after this instant. */
+  since?: Date;
+  /** Only carves created before this instant. */
+  until?: Date;
+  limit: number;
+  /** Opaque cursor from a previous page. */
+  cursor?: string;
+}
+
+export interface ListPage {
+  carves: CarveRecord[];
+  nextCursor: string | null;
+}
+
+/** A byte range, both ends inclusive as in HTTP `Range: bytes=start-end`. */
+export interface ByteRange {
+  start: number;
+  end: number;
+}
+
+export interface ArchiveHandle {
+  record: CarveRecord;
+  stream: Readable;
+}
+
+export interface StoreHealth {
+  ok: boolean;
+  backend: string;
+  detail: Record<string, string | number | boolean | null>;
+}
+
+/**
+ * The storage contract every backend implements in full; test/storage/conformance.ts runs against each.
+ * Correctness across several service processes comes from the store itself (atomic renames, conditional
+ * updates, unique indexes), never from in-process locks of the caller.
+ *
+ * Errors: every method rejects with an AppError from src/errors.ts for the listed cases and with
+ * STORAGE_UNAVAILABLE (cause kept) when the backend itself fails; an unknown id raises the same code on
+ * every backend.
+ */
+export interface CarveStore {
+  readonly backend: string;
+
+  /**
+   * Opens a receiving session for `spec.carveId`, unless one exists: then nothing is written and the
+   * existing session is returned with `created: false` (the caller decides whether that is a retried start).
+   * `sessionId` is the id to use if this call creates the session. Safe to call concurrently: exactly one
+   * session per carve_id ever exists.
+   */
+  createSession(spec: SessionSpec, sessionId: string): Promise<CreateSessionResult>;
+
+  /**
+   * The session with this id, receiving or complete.
+   * @throws AppError UNKNOWN_SESSION
+   */
+  findSession(sessionId: string): Promise<Session>;
+
+  /**
+   * Stores one decoded block at its offset. Repeating an identical block is a success that changes nothing;
+   * when the last missing block lands, the carve is completed once, atomically (SHA-256, compression).
+   * @throws AppError BLOCK_OUT_OF_RANGE, BLOCK_LENGTH_MISMATCH (geometry), BLOCK_CONFLICT (different bytes
+   *   already stored for that block), UNKNOWN_SESSION (the carve was deleted).
+   */
+  putBlock(session: Session, blockId: number, data: Buffer): Promise<PutBlockResult>;
+
+  /**
+   * @throws AppError CARVE_NOT_FOUND
+   */
+  getCarve(carveId: string): Promise<CarveRecord>;
+
+  /** Block ids not yet stored, ascending, at most `limit` of them. @throws AppError CARVE_NOT_FOUND */
+  missingBlocks(carveId: string, limit: number): Promise<number[]>;
+
+  /** Carves newest first. */
+  listCarves(query: ListQuery): Promise<ListPage>;
+
+  /**
+   * Streams a complete carve's archive, or an inclusive byte range of it, without buffering it.
+   * @throws AppError CARVE_NOT_FOUND, CARVE_NOT_COMPLETE
+   */
+  openArchive(carveId: string, range?: ByteRange): Promise<ArchiveHandle>;
+
+  health(): Promise<StoreHealth>;
+
+  /** Flushes and releases everything; later calls fail. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,19 @@
+import type { Config } from "../config/schema.js";
+import type { Logger } from "../logger.js";
+import type { CarveStore } from "./carve-store.js";
+import { FilesystemCarveStore } from "./filesystem/filesystem-carve-store.js";
+
+/** Opens the configured backend. @throws Error when it cannot be opened (reported before listening). */
+export async function openStore(config: Config, logger: Logger, now?: () => Date): Promise<CarveStore> {
+  switch (config.storage.backend) {
+    case "filesystem":
+      return FilesystemCarveStore.create({
+        dataDir: config.storage.filesystem.dataDir,
+        fsyncEachBlock: config.storage.filesystem.fsyncEachBlock,
+        logger: logger.child({ component: "filesystem-store" }),
+        ...(now ? { now } : {}),
+      });
+    case "gridfs":
+      throw new Error("storage backend gridfs is not available in this build");
+  }
+}

@@ -1,0 +1,780 @@
+import { createHash, randomBytes, type Hash } from "node:crypto";
+import { constants as fsc, promises as fsp } from "node:fs";
+import type { FileHandle } from "node:fs/promises";
+import path from "node:path";
+import { AppError } from "../../errors.js";
+import type { Logger } from "../../logger.js";
+import {
+  archiveExtension,
+  blockOffset,
+  detectCompression,
+  expectedBlockLength,
+  isSafeId,
+} from "../../carves/geometry.js";
+import { Mutex } from "../../util/mutex.js";
+import { LruMap } from "../../util/lru.js";
+import type {
+  ArchiveHandle,
+  ByteRange,
+  CarveRecord,
+  CarveStore,
+  Compression,
+  CreateSessionResult,
+  ListPage,
+  ListQuery,
+  PutBlockResult,
+  Session,
+  SessionSpec,
+  StoreHealth,
+} from "../carve-store.js";
+import { decodeCursor, encodeCursor, matchesQuery, compareNewestFirst } from "../listing.js";
+import { acquireDirLock, type DirLock } from "./dir-lock.js";
+
+/*
+ * Layout under the data directory (every path is built from validated ids and checked to stay inside):
+ *
+ *   carves/<carve_id>.tar[.zst]   completed archives, plain files an operator can pick up
+ *   meta/<carve_id>.json          the carve record; created once (hard link = atomic claim of the carve_id),
+ *                                 replaced atomically (rename) when the carve completes
+ *   sessions/<carve_id>/data.part the archive being received, each block written at its offset
+ *   sessions/<carve_id>/journal   8-byte records (block id, check) appended after a block's bytes are written:
+ *                                 the durable list of stored blocks, replayed after a restart
+ *   index/<session_id>            symlink whose target is the carve_id (session id -> carve lookup)
+ *   tmp/                          staging for atomic renames and links; emptied at start-up
+ *   .lock                         pid of the one process that owns this directory
+ *
+ * Crash safety: a block is acknowledged only after its bytes and its journal record are written (fsync of
+ * each is optional: a process crash keeps the page cache, a power loss needs fsyncEachBlock). Completion
+ * fsyncs the data, renames it into carves/ and then rewrites the meta file; start-up recovery finishes any
+ * completion that was interrupted between those steps. No partial archive is ever placed in carves/.
+ */
+
+const JOURNAL_RECORD_SIZE = 8;
+const JOURNAL_CHECK = 0xc4a7e5b1;
+/** Bytes of already-stored blocks hashed inline when an earlier gap fills; the rest waits for completion. */
+const INLINE_CATCH_UP_BYTES = 64 * 1024 * 1024;
+
+interface MetaFile {
+  version: 1;
+  carveId: string;
+  requestId: string;
+  sessionId: string;
+  nodeKey: string;
+  blockCount: number;
+  blockSize: number;
+  carveSize: number;
+  agent: { address: string | null; userAgent: string | null };
+  createdAt: string;
+  status: "receiving" | "complete";
+  completedAt: string | null;
+  sha256: string | null;
+  compression: Compression | null;
+}
+
+interface Completion {
+  completedAt: Date;
+  sha256: string;
+  compression: Compression;
+}
+
+class ActiveCarve {
+  readonly mutex = new Mutex();
+  readonly bitmap: Uint8Array;
+  received = 0;
+  bytes = 0;
+  lastBlockAt: Date;
+  dataFd: FileHandle | null = null;
+  journalFd: FileHandle | null = null;
+  journalLength = 0;
+  /** SHA-256 over blocks [0, hashedBlocks), fed as blocks arrive in order. */
+  hash: Hash = createHash("sha256");
+  hashedBlocks = 0;
+  completion: Completion | null;
+  /** Dropped from memory (evicted, or memory may disagree with disk after an I/O error): reload. */
+  stale = false;
+
+  constructor(
+    readonly session: Session,
+    completion: Completion | null,
+  ) {
+    this.bitmap = new Uint8Array(Math.ceil(session.blockCount / 8));
+    this.completion = completion;
+    this.lastBlockAt = completion?.completedAt ?? session.createdAt;
+  }
+
+  has(blockId: number): boolean {
+    return ((this.bitmap[blockId >> 3] ?? 0) & (1 << (blockId & 7))) !== 0;
+  }
+
+  mark(blockId: number): void {
+    const i = blockId >> 3;
+    this.bitmap[i] = (this.bitmap[i] ?? 0) | (1 << (blockId & 7));
+  }
+
+  async closeFiles(): Promise<void> {
+    const fds = [this.dataFd, this.journalFd];
+    this.dataFd = null;
+    this.journalFd = null;
+    await Promise.all(fds.map((fd) => fd?.close().catch(() => undefined)));
+  }
+}
+
+export interface FilesystemCarveStoreOptions {
+  dataDir: string;
+  logger: Logger;
+  fsyncEachBlock?: boolean;
+  /** Receiving carves kept in memory with open files; older ones are reloaded from their journal. */
+  maxOpenCarves?: number;
+  now?: () => Date;
+}
+
+function wrapIo(err: unknown, what: string): AppError {
+  if (err instanceof AppError) return err;
+  return new AppError("STORAGE_UNAVAILABLE", undefined, { cause: Object.assign(new Error(what), { cause: err }) });
+}
+
+function errno(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : undefined;
+}
+
+export class FilesystemCarveStore implements CarveStore {
+  readonly backend = "filesystem";
+  private readonly root: string;
+  private readonly logger: Logger;
+  private readonly fsyncEachBlock: boolean;
+  private readonly now: () => Date;
+  /** Carves in memory with open files, least recently used first. */
+  private readonly active = new Map<string, ActiveCarve>();
+  private readonly maxOpenCarves: number;
+  /** Loads in progress, so two requests for one carve share one ActiveCarve. */
+  private readonly loading = new Map<string, Promise<ActiveCarve>>();
+  private readonly sessionCache = new LruMap<string, Session>(10_000);
+  private closed = false;
+
+  private constructor(
+    root: string,
+    options: FilesystemCarveStoreOptions,
+    private readonly lock: DirLock,
+  ) {
+    this.root = root;
+    this.logger = options.logger;
+    this.fsyncEachBlock = options.fsyncEachBlock ?? false;
+    this.now = options.now ?? (() => new Date());
+    this.maxOpenCarves = options.maxOpenCarves ?? 256;
+  }
+
+  /**
+   * Opens (creating if needed) a data directory, takes its lock and finishes any completion a crash
+   * interrupted.
+   * @throws Error when another live process holds the directory, or it cannot be created.
+   */
+  static async create(options: FilesystemCarveStoreOptions): Promise<FilesystemCarveStore> {
+    const root = path.resolve(options.dataDir);
+    for (const dir of ["", "carves", "meta", "sessions", "index", "tmp"]) {
+      await fsp.mkdir(path.join(root, dir), { recursive: true });
+    }
+    const lock = await acquireDirLock(root);
+    const store = new FilesystemCarveStore(root, options, lock);
+    try {
+      await store.cleanTmp();
+      await store.recover();
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+    return store;
+  }
+
+  // ---------------------------------------------------------------- paths
+
+  private p(...parts: string[]): string {
+    const full = path.join(this.root, ...parts);
+    if (full !== this.root && !full.startsWith(this.root + path.sep)) {
+      throw new AppError("INTERNAL", "path escapes the data directory");
+    }
+    return full;
+  }
+
+  private metaPath(carveId: string): string {
+    return this.p("meta", `${carveId}.json`);
+  }
+
+  private sessionDir(carveId: string): string {
+    return this.p("sessions", carveId);
+  }
+
+  private partPath(carveId: string): string {
+    return this.p("sessions", carveId, "data.part");
+  }
+
+  private journalPath(carveId: string): string {
+    return this.p("sessions", carveId, "journal");
+  }
+
+  private finalPath(carveId: string, compression: Compression): string {
+    return this.p("carves", `${carveId}${archiveExtension(compression)}`);
+  }
+
+  private tmpPath(suffix: string): string {
+    return this.p("tmp", `${randomBytes(12).toString("hex")}${suffix}`);
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new AppError("STORAGE_UNAVAILABLE", "store is closed");
+  }
+
+  // ---------------------------------------------------------------- meta files
+
+  private async readMeta(carveId: string): Promise<MetaFile | null> {
+    try {
+      return JSON.parse(await fsp.readFile(this.metaPath(carveId), "utf8")) as MetaFile;
+    } catch (err) {
+      if (errno(err) === "ENOENT") return null;
+      throw wrapIo(err, `read meta of ${carveId}`);
+    }
+  }
+
+  private async writeTmp(content: string, suffix: string): Promise<string> {
+    const tmp = this.tmpPath(suffix);
+    const fd = await fsp.open(tmp, "wx", 0o640);
+    try {
+      await fd.writeFile(content);
+      await fd.datasync();
+    } finally {
+      await fd.close();
+    }
+    return tmp;
+  }
+
+  private async fsyncDir(dir: string): Promise<void> {
+    const fd = await fsp.open(dir, "r");
+    try {
+      await fd.sync();
+    } catch (err) {
+      // Some filesystems refuse fsync on directories; the rename itself is still atomic.
+      if (errno(err) !== "EINVAL" && errno(err) !== "EISDIR") throw err;
+    } finally {
+      await fd.close();
+    }
+  }
+
+  private async replaceMeta(meta: MetaFile): Promise<void> {
+    const tmp = await this.writeTmp(JSON.stringify(meta), ".json");
+    await fsp.rename(tmp, this.metaPath(meta.carveId));
+    await this.fsyncDir(this.p("meta"));
+  }
+
+  private static sessionOf(meta: MetaFile): Session {
+    return {
+      sessionId: meta.sessionId,
+      carveId: meta.carveId,
+      requestId: meta.requestId,
+      nodeKey: meta.nodeKey,
+      blockCount: meta.blockCount,
+      blockSize: meta.blockSize,
+      carveSize: meta.carveSize,
+      agent: { address: meta.agent.address, userAgent: meta.agent.userAgent },
+      createdAt: new Date(meta.createdAt),
+    };
+  }
+
+  private static completionOf(meta: MetaFile): Completion | null {
+    if (meta.status !== "complete" || !meta.completedAt || !meta.sha256 || !meta.compression) return null;
+    return { completedAt: new Date(meta.completedAt), sha256: meta.sha256, compression: meta.compression };
+  }
+
+  // ---------------------------------------------------------------- sessions
+
+  async createSession(spec: SessionSpec, sessionId: string): Promise<CreateSessionResult> {
+    this.assertOpen();
+    if (!isSafeId(spec.carveId) || !isSafeId(sessionId)) {
+      throw new AppError("INVALID_START", "unsafe identifier");
+    }
+    const meta: MetaFile = {
+      version: 1,
+      carveId: spec.carveId,
+      requestId: spec.requestId,
+      sessionId,
+      nodeKey: spec.nodeKey,
+      blockCount: spec.blockCount,
+      blockSize: spec.blockSize,
+      carveSize: spec.carveSize,
+      agent: { address: spec.agent.address, userAgent: spec.agent.userAgent },
+      createdAt: this.now().toISOString(),
+      status: "receiving",
+      completedAt: null,
+      sha256: null,
+      compression: null,
+    };
+    let created = true;
+    let winner = meta;
+    try {
+      const tmp = await this.writeTmp(JSON.stringify(meta), ".json");
+      try {
+        // link() fails with EEXIST if the carve_id is taken: the atomic claim, across processes too.
+        await fsp.link(tmp, this.metaPath(spec.carveId));
+        await this.fsyncDir(this.p("meta"));
+      } catch (err) {
+        if (errno(err) !== "EEXIST") throw err;
+        created = false;
+      } finally {
+        await fsp.unlink(tmp).catch(() => undefined);
+      }
+      if (!created) {
+        const existing = await this.readMeta(spec.carveId);
+        if (!existing) throw new Error(`meta of ${spec.carveId} vanished while starting`);
+        winner = existing;
+      }
+      // Every step below is idempotent, so a retried start repairs a start that crashed half-way.
+      if (winner.status === "receiving") {
+        await fsp.mkdir(this.sessionDir(winner.carveId), { recursive: true });
+      }
+      try {
+        await fsp.symlink(winner.carveId, this.p("index", winner.sessionId));
+      } catch (err) {
+        if (errno(err) !== "EEXIST") throw err;
+      }
+    } catch (err) {
+      throw wrapIo(err, `create session for ${spec.carveId}`);
+    }
+    const session = FilesystemCarveStore.sessionOf(winner);
+    this.sessionCache.set(session.sessionId, session);
+    return { session, created };
+  }
+
+  async findSession(sessionId: string): Promise<Session> {
+    this.assertOpen();
+    const cached = this.sessionCache.get(sessionId);
+    if (cached) return cached;
+    if (!isSafeId(sessionId)) throw new AppError("UNKNOWN_SESSION");
+    let carveId: string;
+    try {
+      carveId = await fsp.readlink(this.p("index", sessionId));
+    } catch (err) {
+      if (errno(err) === "ENOENT" || errno(err) === "EINVAL") throw new AppError("UNKNOWN_SESSION");
+      throw wrapIo(err, "read session index");
+    }
+    if (!isSafeId(carveId)) throw new AppError("UNKNOWN_SESSION");
+    const meta = await this.readMeta(carveId);
+    if (!meta || meta.sessionId !== sessionId) throw new AppError("UNKNOWN_SESSION");
+    const session = FilesystemCarveStore.sessionOf(meta);
+    this.sessionCache.set(sessionId, session);
+    return session;
+  }
+
+  // ---------------------------------------------------------------- active carves
+
+  private async activeCarve(carveId: string): Promise<ActiveCarve> {
+    const hit = this.active.get(carveId);
+    if (hit && !hit.stale) {
+      // Map keeps insertion order: re-insert to mark it most recently used.
+      this.active.delete(carveId);
+      this.active.set(carveId, hit);
+      return hit;
+    }
+    const pending = this.loading.get(carveId);
+    if (pending) return pending;
+    const load = this.loadCarve(carveId)
+      .then((carve) => {
+        this.remember(carve);
+        return carve;
+      })
+      .finally(() => this.loading.delete(carveId));
+    this.loading.set(carveId, load);
+    return load;
+  }
+
+  /** The carve's state, from memory when it is active, else read from disk without keeping it. */
+  private async peekCarve(carveId: string): Promise<ActiveCarve> {
+    const hit = this.active.get(carveId);
+    if (hit && !hit.stale) return hit;
+    return this.loadCarve(carveId);
+  }
+
+  private async loadCarve(carveId: string): Promise<ActiveCarve> {
+    const meta = await this.readMeta(carveId);
+    if (!meta) throw new AppError("CARVE_NOT_FOUND");
+    const carve = new ActiveCarve(FilesystemCarveStore.sessionOf(meta), FilesystemCarveStore.completionOf(meta));
+    if (!carve.completion) {
+      await this.replayJournal(carve);
+    }
+    return carve;
+  }
+
+  /** Keeps a carve in memory; beyond the cap, idle carves are dropped (their files closed) oldest first. */
+  private remember(carve: ActiveCarve): void {
+    this.active.set(carve.session.carveId, carve);
+    if (this.active.size <= this.maxOpenCarves) return;
+    for (const [id, c] of this.active) {
+      if (this.active.size <= this.maxOpenCarves) break;
+      if (c === carve || !c.mutex.idle) continue;
+      this.active.delete(id);
+      c.stale = true;
+      void c.closeFiles();
+    }
+  }
+
+  private async replayJournal(carve: ActiveCarve): Promise<void> {
+    const { carveId } = carve.session;
+    let buf: Buffer;
+    try {
+      buf = await fsp.readFile(this.journalPath(carveId));
+      const st = await fsp.stat(this.journalPath(carveId));
+      carve.lastBlockAt = st.mtime;
+    } catch (err) {
+      if (errno(err) !== "ENOENT") throw wrapIo(err, `read journal of ${carveId}`);
+      buf = Buffer.alloc(0);
+    }
+    const records = Math.floor(buf.length / JOURNAL_RECORD_SIZE);
+    for (let i = 0; i < records; i++) {
+      const id = buf.readUInt32LE(i * JOURNAL_RECORD_SIZE);
+      const check = buf.readUInt32LE(i * JOURNAL_RECORD_SIZE + 4);
+      if ((id ^ JOURNAL_CHECK) >>> 0 !== check || id >= carve.session.blockCount || carve.has(id)) continue;
+      carve.mark(id);
+      carve.received++;
+      carve.bytes += expectedBlockLength(carve.session, id);
+    }
+    // A torn trailing record (crash mid-append) is ignored and overwritten by the next append.
+    carve.journalLength = records * JOURNAL_RECORD_SIZE;
+  }
+
+  private async dataFile(carve: ActiveCarve): Promise<FileHandle> {
+    if (!carve.dataFd) {
+      // O_CREAT without O_TRUNC or O_APPEND: positional writes at each block's offset.
+      carve.dataFd = await fsp.open(this.partPath(carve.session.carveId), fsc.O_RDWR | fsc.O_CREAT, 0o640);
+    }
+    return carve.dataFd;
+  }
+
+  private async journalFile(carve: ActiveCarve): Promise<FileHandle> {
+    if (!carve.journalFd) {
+      carve.journalFd = await fsp.open(this.journalPath(carve.session.carveId), fsc.O_RDWR | fsc.O_CREAT, 0o640);
+    }
+    return carve.journalFd;
+  }
+
+  private static async writeFully(fd: FileHandle, data: Buffer, position: number): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await fd.write(data, done, data.length - done, position + done);
+      if (bytesWritten <= 0) throw new Error("short write");
+      done += bytesWritten;
+    }
+  }
+
+  private static async readFully(fd: FileHandle, length: number, position: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await fd.read(buf, done, length - done, position + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done === length ? buf : buf.subarray(0, done);
+  }
+
+  /** Path of the bytes of a receiving carve: data.part, or the final file if completion was interrupted. */
+  private async locateData(carveId: string): Promise<string> {
+    const candidates = [this.partPath(carveId), this.finalPath(carveId, "none"), this.finalPath(carveId, "zstd")];
+    for (const c of candidates) {
+      try {
+        await fsp.access(c);
+        return c;
+      } catch {
+        // try the next
+      }
+    }
+    return candidates[0] as string;
+  }
+
+  async putBlock(session: Session, blockId: number, data: Buffer): Promise<PutBlockResult> {
+    this.assertOpen();
+    if (!Number.isInteger(blockId) || blockId < 0 || blockId >= session.blockCount) {
+      throw new AppError("BLOCK_OUT_OF_RANGE");
+    }
+    if (data.length !== expectedBlockLength(session, blockId)) throw new AppError("BLOCK_LENGTH_MISMATCH");
+    let carve: ActiveCarve;
+    try {
+      carve = await this.activeCarve(session.carveId);
+    } catch (err) {
+      if (err instanceof AppError && err.code === "CARVE_NOT_FOUND") throw new AppError("UNKNOWN_SESSION");
+      throw err;
+    }
+    if (carve.session.sessionId !== session.sessionId) throw new AppError("UNKNOWN_SESSION");
+    return carve.mutex.run(async () => {
+      this.assertOpen();
+      // Queued behind an operation that dropped this object: continue on a fresh load (other mutex).
+      if (carve.stale) return this.putBlock(session, blockId, data);
+      const offset = blockOffset(session, blockId);
+      try {
+        if (carve.completion) {
+          await this.compareStored(carve, blockId, data);
+          return { duplicate: true, complete: true, completedNow: false };
+        }
+        if (carve.has(blockId)) {
+          const fd = await this.dataFile(carve);
+          const stored = await FilesystemCarveStore.readFully(fd, data.length, offset);
+          if (!stored.equals(data)) throw new AppError("BLOCK_CONFLICT");
+          return { duplicate: true, complete: false, completedNow: false };
+        }
+        if (carve.received === carve.session.blockCount) {
+          // Every block is stored but completion was interrupted (crash): this one is a different block id,
+          // which cannot happen, so finish the completion first.
+          await this.finalize(carve);
+          await this.compareStored(carve, blockId, data);
+          return { duplicate: true, complete: true, completedNow: false };
+        }
+        const fd = await this.dataFile(carve);
+        await FilesystemCarveStore.writeFully(fd, data, offset);
+        if (this.fsyncEachBlock) await fd.datasync();
+        await this.appendJournal(carve, blockId);
+        carve.mark(blockId);
+        carve.received++;
+        carve.bytes += data.length;
+        carve.lastBlockAt = this.now();
+        await this.advanceHash(carve, blockId, data);
+        if (carve.received === carve.session.blockCount) {
+          await this.finalize(carve);
+          return { duplicate: false, complete: true, completedNow: true };
+        }
+        return { duplicate: false, complete: false, completedNow: false };
+      } catch (err) {
+        if (err instanceof AppError) throw err;
+        // The state on disk may be ahead of memory: forget the carve, the journal is the truth.
+        this.forget(carve);
+        throw wrapIo(err, `store block ${blockId} of ${session.carveId}`);
+      }
+    });
+  }
+
+  private forget(carve: ActiveCarve): void {
+    carve.stale = true;
+    if (this.active.get(carve.session.carveId) === carve) this.active.delete(carve.session.carveId);
+    void carve.closeFiles();
+  }
+
+  private async appendJournal(carve: ActiveCarve, blockId: number): Promise<void> {
+    const record = Buffer.allocUnsafe(JOURNAL_RECORD_SIZE);
+    record.writeUInt32LE(blockId, 0);
+    record.writeUInt32LE((blockId ^ JOURNAL_CHECK) >>> 0, 4);
+    const fd = await this.journalFile(carve);
+    // Positional write at the known end: a failed, torn write is overwritten by the next append.
+    await FilesystemCarveStore.writeFully(fd, record, carve.journalLength);
+    if (this.fsyncEachBlock) await fd.datasync();
+    carve.journalLength += JOURNAL_RECORD_SIZE;
+  }
+
+  private async compareStored(carve: ActiveCarve, blockId: number, data: Buffer): Promise<void> {
+    const completion = carve.completion;
+    if (!completion) return;
+    const fd = await fsp.open(this.finalPath(carve.session.carveId, completion.compression), "r");
+    try {
+      const stored = await FilesystemCarveStore.readFully(fd, data.length, blockOffset(carve.session, blockId));
+      if (!stored.equals(data)) throw new AppError("BLOCK_CONFLICT");
+    } finally {
+      await fd.close();
+    }
+  }
+
+  /** Feeds the running SHA-256 while blocks arrive in order; a filled gap catches up from disk, capped. */
+  private async advanceHash(carve: ActiveCarve, blockId: number, data: Buffer): Promise<void> {
+    if (blockId !== carve.hashedBlocks) return;
+    carve.hash.update(data);
+    carve.hashedBlocks++;
+    let budget = INLINE_CATCH_UP_BYTES;
+    while (carve.hashedBlocks < carve.session.blockCount && carve.has(carve.hashedBlocks) && budget > 0) {
+      const len = expectedBlockLength(carve.session, carve.hashedBlocks);
+      const fd = await this.dataFile(carve);
+      const bytes = await FilesystemCarveStore.readFully(fd, len, blockOffset(carve.session, carve.hashedBlocks));
+      carve.hash.update(bytes);
+      carve.hashedBlocks++;
+      budget -= len;
+    }
+  }
+
+  /** Completes a carve whose every block is stored. Idempotent; resumes after a crash at any step. */
+  private async finalize(carve: ActiveCarve): Promise<void> {
+    const { carveId } = carve.session;
+    try {
+      const source = await this.locateData(carveId);
+      const ownFd = source !== this.partPath(carveId);
+      const fd = ownFd ? await fsp.open(source, "r") : await this.dataFile(carve);
+      let head: Buffer;
+      try {
+        for (; carve.hashedBlocks < carve.session.blockCount; carve.hashedBlocks++) {
+          const len = expectedBlockLength(carve.session, carve.hashedBlocks);
+          const offset = blockOffset(carve.session, carve.hashedBlocks);
+          carve.hash.update(await FilesystemCarveStore.readFully(fd, len, offset));
+        }
+        head = await FilesystemCarveStore.readFully(fd, Math.min(4, carve.session.carveSize), 0);
+        const { size } = await fd.stat();
+        if (size !== carve.session.carveSize) {
+          throw new Error(`stored size ${size} differs from carve_size ${carve.session.carveSize}`);
+        }
+        await fd.datasync();
+      } finally {
+        if (ownFd) await fd.close().catch(() => undefined);
+      }
+      const sha256 = carve.hash.digest("hex");
+      const compression = detectCompression(head);
+      const completion: Completion = { completedAt: this.now(), sha256, compression };
+      await carve.closeFiles();
+      const target = this.finalPath(carveId, compression);
+      if (source !== target) {
+        await fsp.rename(source, target);
+        await this.fsyncDir(this.p("carves"));
+      }
+      const meta = await this.readMeta(carveId);
+      if (!meta) throw new Error(`meta of ${carveId} vanished during completion`);
+      await this.replaceMeta({
+        ...meta,
+        status: "complete",
+        completedAt: completion.completedAt.toISOString(),
+        sha256,
+        compression,
+      });
+      carve.completion = completion;
+      carve.lastBlockAt = completion.completedAt;
+      await fsp.rm(this.sessionDir(carveId), { recursive: true, force: true });
+      this.logger.info(
+        { carveId, sha256, compression, carveSize: carve.session.carveSize, blockCount: carve.session.blockCount },
+        "carve complete",
+      );
+    } catch (err) {
+      // Never leave a half-fed hash behind: the next attempt re-hashes from disk.
+      carve.hash = createHash("sha256");
+      carve.hashedBlocks = 0;
+      throw err;
+    }
+  }
+
+  // ---------------------------------------------------------------- start-up
+
+  private async cleanTmp(): Promise<void> {
+    const dir = this.p("tmp");
+    for (const name of await fsp.readdir(dir)) {
+      await fsp.rm(path.join(dir, name), { recursive: true, force: true });
+    }
+  }
+
+  /** Finishes completions that a crash interrupted, so no carve with every block stored stays "receiving". */
+  private async recover(): Promise<void> {
+    for (const carveId of await fsp.readdir(this.p("sessions"))) {
+      if (!isSafeId(carveId)) continue;
+      const meta = await this.readMeta(carveId);
+      if (!meta) {
+        // A session directory without its claim cannot be reached by any agent: leave it to retention.
+        continue;
+      }
+      if (meta.status === "complete") {
+        await fsp.rm(this.sessionDir(carveId), { recursive: true, force: true });
+        continue;
+      }
+      const carve = await this.activeCarve(carveId);
+      if (!carve.completion && carve.received === carve.session.blockCount) {
+        this.logger.warn({ carveId }, "finishing a completion interrupted by a restart");
+        await carve.mutex.run(() => this.finalize(carve));
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  private recordOf(carve: ActiveCarve): CarveRecord {
+    const c = carve.completion;
+    return {
+      ...carve.session,
+      agent: { ...carve.session.agent },
+      status: c ? "complete" : "receiving",
+      updatedAt: carve.lastBlockAt,
+      completedAt: c?.completedAt ?? null,
+      blocksReceived: c ? carve.session.blockCount : carve.received,
+      bytesReceived: c ? carve.session.carveSize : carve.bytes,
+      sha256: c?.sha256 ?? null,
+      compression: c?.compression ?? null,
+    };
+  }
+
+  async getCarve(carveId: string): Promise<CarveRecord> {
+    this.assertOpen();
+    if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
+    return this.recordOf(await this.peekCarve(carveId));
+  }
+
+  async missingBlocks(carveId: string, limit: number): Promise<number[]> {
+    this.assertOpen();
+    if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
+    const carve = await this.peekCarve(carveId);
+    if (carve.completion) return [];
+    const out: number[] = [];
+    for (let i = 0; i < carve.session.blockCount && out.length < limit; i++) if (!carve.has(i)) out.push(i);
+    return out;
+  }
+
+  async listCarves(query: ListQuery): Promise<ListPage> {
+    this.assertOpen();
+    const after = query.cursor ? decodeCursor(query.cursor) : null;
+    const records: CarveRecord[] = [];
+    for (const name of await fsp.readdir(this.p("meta"))) {
+      if (!name.endsWith(".json")) continue;
+      const carveId = name.slice(0, -".json".length);
+      if (!isSafeId(carveId)) continue;
+      try {
+        const record = await this.getCarve(carveId);
+        if (matchesQuery(record, query, after)) records.push(record);
+      } catch (err) {
+        if (err instanceof AppError && err.code === "CARVE_NOT_FOUND") continue; // deleted meanwhile
+        throw err;
+      }
+    }
+    records.sort(compareNewestFirst);
+    const page = records.slice(0, query.limit);
+    const last = page[page.length - 1];
+    return { carves: page, nextCursor: records.length > query.limit && last ? encodeCursor(last) : null };
+  }
+
+  async openArchive(carveId: string, range?: ByteRange): Promise<ArchiveHandle> {
+    this.assertOpen();
+    const record = await this.getCarve(carveId);
+    if (record.status !== "complete" || !record.compression) throw new AppError("CARVE_NOT_COMPLETE");
+    const file = this.finalPath(carveId, record.compression);
+    try {
+      const fd = await fsp.open(file, "r");
+      const stream = fd.createReadStream({
+        autoClose: true,
+        ...(range ? { start: range.start, end: range.end } : {}),
+        highWaterMark: 256 * 1024,
+      });
+      return { record, stream };
+    } catch (err) {
+      if (errno(err) === "ENOENT") throw new AppError("CARVE_NOT_FOUND");
+      throw wrapIo(err, `open archive of ${carveId}`);
+    }
+  }
+
+  async health(): Promise<StoreHealth> {
+    const detail: Record<string, string | number | boolean | null> = { dataDir: this.root };
+    try {
+      this.assertOpen();
+      const probe = await this.writeTmp("probe", ".probe");
+      await fsp.unlink(probe);
+      const fs = await fsp.statfs(this.root);
+      detail.freeBytes = fs.bavail * fs.bsize;
+      detail.activeCarves = this.active.size;
+      return { ok: true, backend: this.backend, detail };
+    } catch (err) {
+      detail.error = errno(err) ?? (err instanceof Error ? err.message : "unknown");
+      return { ok: false, backend: this.backend, detail };
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // Let in-flight writes finish, then close their files.
+    await Promise.all([...this.active.values()].map((c) => c.mutex.run(() => c.closeFiles())));
+    this.active.clear();
+    await this.lock.release();
+  }
+}

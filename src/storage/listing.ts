@@ -1,0 +1,45 @@
+import { AppError } from "../errors.js";
+import type { CarveRecord, ListQuery } from "./carve-store.js";
+
+/** Position of a record in the newest-first order: (createdAt desc, carveId asc). */
+export interface Cursor {
+  t: number;
+  id: string;
+}
+
+export function encodeCursor(record: CarveRecord): string {
+  return Buffer.from(JSON.stringify({ t: record.createdAt.getTime(), id: record.carveId })).toString("base64url");
+}
+
+/** @throws AppError INVALID_QUERY for a cursor this service did not make. */
+export function decodeCursor(cursor: string): Cursor {
+  try {
+    const v = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8")) as unknown;
+    if (v && typeof v === "object" && typeof (v as Cursor).t === "number" && typeof (v as Cursor).id === "string") {
+      return v as Cursor;
+    }
+  } catch {
+    // fall through
+  }
+  throw new AppError("INVALID_QUERY", "bad cursor");
+}
+
+export function compareNewestFirst(a: CarveRecord, b: CarveRecord): number {
+  const dt = b.createdAt.getTime() - a.createdAt.getTime();
+  if (dt !== 0) return dt;
+  return a.carveId < b.carveId ? -1 : a.carveId > b.carveId ? 1 : 0;
+}
+
+/** Whether a record passes the query's filters and comes after the cursor. */
+export function matchesQuery(record: CarveRecord, query: ListQuery, after: Cursor | null): boolean {
+  if (query.status && record.status !== query.status) return false;
+  if (query.nodeKey !== undefined && record.nodeKey !== query.nodeKey) return false;
+  const t = record.createdAt.getTime();
+  if (query.since && t < query.since.getTime()) return false;
+  if (query.until && t >= query.until.getTime()) return false;
+  if (after) {
+    if (t > after.t) return false;
+    if (t === after.t && record.carveId <= after.id) return false;
+  }
+  return true;
+}
