@@ -1,0 +1,125 @@
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { parse as parseYaml } from "yaml";
+import { readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { ConfigError, ENV_OVERRIDES, loadConfig } from "../../src/config/load.js";
+import { configSchema } from "../../src/config/schema.js";
+import { ROOT } from "../support/service.js";
+
+async function dirWith(yaml?: string): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), "carve-conf-"));
+  if (yaml !== undefined) {
+    await import("node:fs/promises").then((f) => f.mkdir(path.join(dir, "conf")));
+    await writeFile(path.join(dir, "conf/carve-server.yml"), yaml);
+  }
+  return dir;
+}
+
+function problemsOf(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  throw new Error("expected a ConfigError");
+}
+
+describe("configuration", () => {
+  it("uses the documented defaults with no file and no environment", async () => {
+    const config = loadConfig({ cwd: await dirWith(), env: {} });
+    expect(config).toEqual({
+      server: { host: "127.0.0.1", port: 8000, shutdownGraceSeconds: 30, requestTimeoutSeconds: 60 },
+      agent: {
+        startPath: "/start_uploads",
+        continuePath: "/upload_blocks",
+        maxBlockSize: 8 * 1024 * 1024,
+        maxCarveSize: 4 * 1024 ** 3,
+      },
+      storage: { backend: "filesystem", filesystem: { dataDir: "./data", fsyncEachBlock: false } },
+      logging: { level: "info" },
+    });
+    expect(Object.isFrozen(config.agent)).toBe(true);
+  });
+
+  it("ships a conf/carve-server.yml that documents every key with the built-in default", () => {
+    const shipped = parseYaml(readFileSync(path.join(ROOT, "conf/carve-server.yml"), "utf8")) as unknown;
+    expect(configSchema.parse(shipped)).toEqual(configSchema.parse({}));
+    const text = readFileSync(path.join(ROOT, "conf/carve-server.yml"), "utf8");
+    for (const name of Object.keys(ENV_OVERRIDES)) expect(text, `${name} documented`).toContain(name);
+  });
+
+  it("lets the environment override the file", async () => {
+    const cwd = await dirWith("server:\n  port: 9000\nagent:\n  maxBlockSize: 1MiB\n");
+    const config = loadConfig({
+      cwd,
+      env: {
+        CARVE_PORT: "9100",
+        CARVE_HOST: "0.0.0.0",
+        CARVE_STORAGE: "filesystem",
+        CARVE_DATA_DIR: "/srv/carves",
+        CARVE_MAX_CARVE_SIZE: "2GiB",
+        CARVE_FSYNC_EACH_BLOCK: "true",
+        LOG_LEVEL: "warn",
+      },
+    });
+    expect(config.server).toMatchObject({ port: 9100, host: "0.0.0.0" });
+    expect(config.agent.maxBlockSize).toBe(1024 * 1024);
+    expect(config.agent.maxCarveSize).toBe(2 * 1024 ** 3);
+    expect(config.storage.filesystem).toEqual({ dataDir: "/srv/carves", fsyncEachBlock: true });
+    expect(config.logging.level).toBe("warn");
+  });
+
+  it("reads the file named by CARVE_CONFIG and fails if it is missing", async () => {
+    const cwd = await dirWith();
+    await writeFile(path.join(cwd, "other.yml"), "server:\n  port: 8123\n");
+    expect(loadConfig({ cwd, env: { CARVE_CONFIG: "other.yml" } }).server.port).toBe(8123);
+    const problems = problemsOf(() => loadConfig({ cwd, env: { CARVE_CONFIG: "missing.yml" } }));
+    expect(problems.join("\n")).toMatch(/missing\.yml/);
+  });
+
+  it("reports every problem at once, naming the environment variable that caused it", async () => {
+    const cwd = await dirWith("server:\n  prot: 1\nagent:\n  startPath: no-slash\n");
+    const problems = problemsOf(() =>
+      loadConfig({
+        cwd,
+        env: {
+          CARVE_PORT: "99999",
+          CARVE_STORAGE: "s3",
+          CARVE_MAX_BLOCK_SIZE: "lots",
+          LOG_LEVEL: "loud",
+          CARVE_FSYNC_EACH_BLOCK: "maybe",
+        },
+      }),
+    );
+    const text = problems.join("\n");
+    expect(text).toMatch(/server: .*prot/i);
+    expect(text).toMatch(/agent\.startPath/);
+    expect(text).toMatch(/server\.port \(from CARVE_PORT\)/);
+    expect(text).toMatch(/storage\.backend \(from CARVE_STORAGE\)/);
+    expect(text).toMatch(/agent\.maxBlockSize \(from CARVE_MAX_BLOCK_SIZE\).*not a byte size/);
+    expect(text).toMatch(/logging\.level \(from LOG_LEVEL\)/);
+    expect(text).toMatch(/CARVE_FSYNC_EACH_BLOCK: expected true or false/);
+    expect(problems.length).toBeGreaterThanOrEqual(7);
+  });
+
+  it("refuses inconsistent limits and paths", async () => {
+    const cwd = await dirWith();
+    const problems = problemsOf(() =>
+      loadConfig({
+        cwd,
+        env: { CARVE_MAX_BLOCK_SIZE: "16MiB", CARVE_MAX_CARVE_SIZE: "1MiB", CARVE_START_PATH: "/x", CARVE_CONTINUE_PATH: "/x" },
+      }),
+    );
+    expect(problems.join("\n")).toMatch(/maxBlockSize.*: must not exceed/);
+    expect(problems.join("\n")).toMatch(/continuePath.*: must differ/);
+    expect(problemsOf(() => loadConfig({ cwd, env: { CARVE_MAX_BLOCK_SIZE: "1GiB" } })).join()).toMatch(/between/);
+  });
+
+  it("reports a YAML syntax error with the file name", async () => {
+    const cwd = await dirWith("server: [unclosed\n");
+    expect(problemsOf(() => loadConfig({ cwd, env: {} })).join()).toMatch(/carve-server\.yml/);
+  });
+});

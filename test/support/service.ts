@@ -1,0 +1,107 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { Writable } from "node:stream";
+import { loadConfig } from "../../src/config/load.js";
+import type { Config } from "../../src/config/schema.js";
+import { createLogger } from "../../src/logger.js";
+import { startService, type RunningService } from "../../src/server.js";
+
+export const ROOT = path.resolve(import.meta.dirname, "../..");
+
+/** Collects every log line the service writes, to assert on them (and scan them for secrets). */
+export class LogCapture extends Writable {
+  readonly lines: string[] = [];
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
+    for (const line of chunk.toString("utf8").split("\n")) if (line) this.lines.push(line);
+    cb();
+  }
+  get text(): string {
+    return this.lines.join("\n");
+  }
+  entries(): Array<Record<string, unknown>> {
+    return this.lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+  }
+}
+
+export interface TestService extends RunningService {
+  dataDir: string;
+  config: Config;
+  logs: LogCapture;
+  /** stop() and remove the data directory */
+  dispose(): Promise<void>;
+}
+
+/** Starts the real service in this process on an ephemeral loopback port with its own data directory. */
+export async function startTestService(env: Record<string, string> = {}): Promise<TestService> {
+  const dataDir = env.CARVE_DATA_DIR ?? (await mkdtemp(path.join(tmpdir(), "carve-svc-")));
+  const config = loadConfig({
+    cwd: dataDir, // no conf/carve-server.yml there: built-in defaults + env
+    env: { CARVE_PORT: "0", CARVE_DATA_DIR: dataDir, LOG_LEVEL: "debug", CARVE_SHUTDOWN_GRACE_SECONDS: "5", ...env },
+  });
+  const logs = new LogCapture();
+  const logger = createLogger(config.logging.level, logs);
+  const service = await startService({ config, logger });
+  return {
+    ...service,
+    dataDir,
+    config,
+    logs,
+    dispose: async () => {
+      await service.stop();
+      if (!env.CARVE_DATA_DIR) await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface ChildService {
+  proc: ChildProcess;
+  url: string;
+  output: string[];
+  exited: Promise<number | null>;
+}
+
+/** Runs the built service (dist/src/main.js, as `npm start` does) as a child process. */
+export async function spawnService(env: Record<string, string>, timeoutMs = 15_000): Promise<ChildService> {
+  const proc = spawn(process.execPath, [path.join(ROOT, "dist/src/main.js")], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH ?? "", CARVE_CONFIG: path.join(ROOT, "conf/carve-server.yml"), ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const output: string[] = [];
+  const exited = new Promise<number | null>((resolve) => proc.once("exit", (code) => resolve(code)));
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`service did not start:\n${output.join("\n")}`)), timeoutMs);
+    const onData = (chunk: Buffer): void => {
+      for (const line of chunk.toString("utf8").split("\n")) {
+        if (!line) continue;
+        output.push(line);
+        if (line.includes('"msg":"listening"')) {
+          const { host, port } = JSON.parse(line) as { host: string; port: number };
+          clearTimeout(timer);
+          resolve(`http://${host}:${port}`);
+        }
+      }
+    };
+    proc.stdout?.on("data", onData);
+    proc.stderr?.on("data", (c: Buffer) => output.push(c.toString("utf8")));
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`service exited with ${code} before listening:\n${output.join("\n")}`));
+    });
+  });
+  return { proc, url, output, exited };
+}
