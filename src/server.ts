@@ -61,7 +61,9 @@ export async function startService(options: StartOptions): Promise<RunningServic
       shuttingDown = true;
       logger.info("shutting down: no new connections, waiting for in-flight requests");
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Keep-alive connections become idle as their last request finishes: close them as they do.
       server.closeIdleConnections();
+      const sweep = setInterval(() => server.closeIdleConnections(), 100);
       const grace = config.server.shutdownGraceSeconds * 1000;
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<"timeout">((resolve) => {
@@ -74,6 +76,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
         await closed;
       }
       clearTimeout(timer);
+      clearInterval(sweep);
       await store.close();
       logger.info("stopped");
     })();

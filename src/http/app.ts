@@ -29,8 +29,14 @@ export function createApp(deps: AppDeps): Express {
   app.disable("x-powered-by");
   app.set("etag", false);
   app.use(httpLogger(deps.logger, { quietPaths: new Set([config.agent.continuePath]) }));
+  const isShuttingDown = deps.isShuttingDown ?? (() => false);
+  app.use((_req: Request, res: Response, next: NextFunction) => {
+    // While draining, tell clients not to reuse the connection.
+    if (isShuttingDown()) res.setHeader("Connection", "close");
+    next();
+  });
 
-  app.use(healthRouter({ store: deps.store, isShuttingDown: deps.isShuttingDown ?? (() => false) }));
+  app.use(healthRouter({ store: deps.store, isShuttingDown }));
   app.use(
     agentRouter(
       { carves: deps.carves, logger: deps.logger },

@@ -74,34 +74,48 @@ export interface ChildService {
   exited: Promise<number | null>;
 }
 
-/** Runs the built service (dist/src/main.js, as `npm start` does) as a child process. */
+/** Runs the built service (dist/src/main.js, as `npm start` does) as a child process and waits until
+ * GET /status answers. A CARVE_PORT of "0" or none gets a free port picked here. */
 export async function spawnService(env: Record<string, string>, timeoutMs = 15_000): Promise<ChildService> {
+  const port = env.CARVE_PORT && env.CARVE_PORT !== "0" ? Number(env.CARVE_PORT) : await freePort();
   const proc = spawn(process.execPath, [path.join(ROOT, "dist/src/main.js")], {
     cwd: ROOT,
-    env: { PATH: process.env.PATH ?? "", CARVE_CONFIG: path.join(ROOT, "conf/carve-server.yml"), ...env },
+    env: {
+      PATH: process.env.PATH ?? "",
+      CARVE_CONFIG: path.join(ROOT, "conf/carve-server.yml"),
+      ...env,
+      CARVE_PORT: String(port),
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const output: string[] = [];
-  const exited = new Promise<number | null>((resolve) => proc.once("exit", (code) => resolve(code)));
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`service did not start:\n${output.join("\n")}`)), timeoutMs);
-    const onData = (chunk: Buffer): void => {
-      for (const line of chunk.toString("utf8").split("\n")) {
-        if (!line) continue;
-        output.push(line);
-        if (line.includes('"msg":"listening"')) {
-          const { host, port } = JSON.parse(line) as { host: string; port: number };
-          clearTimeout(timer);
-          resolve(`http://${host}:${port}`);
-        }
-      }
-    };
-    proc.stdout?.on("data", onData);
-    proc.stderr?.on("data", (c: Buffer) => output.push(c.toString("utf8")));
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`service exited with ${code} before listening:\n${output.join("\n")}`));
-    });
-  });
+  const collect = (chunk: Buffer): void => {
+    for (const line of chunk.toString("utf8").split("\n")) if (line) output.push(line);
+  };
+  proc.stdout?.on("data", collect);
+  proc.stderr?.on("data", collect);
+  let exitCode: number | null | undefined;
+  const exited = new Promise<number | null>((resolve) =>
+    proc.once("exit", (code) => {
+      exitCode = code;
+      resolve(code);
+    }),
+  );
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (exitCode !== undefined) throw new Error(`service exited with ${exitCode} before listening:\n${output.join("\n")}`);
+    try {
+      const res = await fetch(`${url}/status`);
+      if (res.ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      proc.kill("SIGKILL");
+      throw new Error(`service did not start:\n${output.join("\n")}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
   return { proc, url, output, exited };
 }
