@@ -19,7 +19,7 @@ export interface AppDeps {
 
 /** Responder-facing error shape: `{"error": {"code", "message", "requestId"}}`. */
 export function sendJsonError(req: Request, res: Response, err: AppError): void {
-  res.status(err.status).json({ error: { code: err.code, message: err.publicMessage, requestId: String(req.id) } });
+  res.status(err.status).json({ error: { code: err.code, message: err.publicMessage, requestId: typeof req.id === "string" ? req.id : JSON.stringify(req.id) } });
 }
 
 /** Builds the Express application. Creates nothing that needs closing: the caller owns store and server. */

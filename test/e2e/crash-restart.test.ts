@@ -60,7 +60,7 @@ describe("kill -9 mid-carve", () => {
     expect(retried.length).toBeGreaterThan(0);
     expect(result.status).toBe("SUCCESS");
 
-    const record = (await (await fetch(`${svc.url}/status`)).json()) as unknown;
+    const record = (await (await fetch(`${svc.url}/status`)).json());
     expect(record).toEqual({ success: true });
     const stored = await readFile(path.join(dataDir, "carves", `${result.carveId}.tar`));
     expect(sha256(stored)).toBe(sha256(bytes));

@@ -67,7 +67,7 @@ async function carveBytes(bytes: Buffer, opts: Partial<RunCarveOptions> = {}) {
   });
 }
 
-async function startBody(overrides: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
+function startBody(overrides: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     block_count: 2,
     block_size: 1024,
@@ -125,7 +125,7 @@ describe("1. start request", () => {
   });
 
   it("takes the node key from `Authorization: NodeKey` (5.23+) when the body's is empty", async () => {
-    const body = await startBody({ node_key: "" });
+    const body = startBody({ node_key: "" });
     const res = await post("/start_uploads", body, { authorization: "NodeKey header-key-1" });
     expect(res.status).toBe(200);
     const record = await svc.store.getCarve(body.carve_id as string);
@@ -133,7 +133,7 @@ describe("1. start request", () => {
   });
 
   it("parses JSON whatever the Content-Type says", async () => {
-    const body = await startBody();
+    const body = startBody();
     const res = await fetch(`${svc.url}/start_uploads`, {
       method: "POST",
       headers: { "content-type": "text/plain" },
@@ -144,7 +144,7 @@ describe("1. start request", () => {
   });
 
   it("answers a retried start (5.22+) with the same session and keeps one carve", async () => {
-    const body = await startBody();
+    const body = startBody();
     const before = await metaCount();
     const first = await post("/start_uploads", body);
     const second = await post("/start_uploads", body);
@@ -153,7 +153,7 @@ describe("1. start request", () => {
   });
 
   it("refuses a start reusing a carve_id with another request_id: JSON without session_id, nothing stored", async () => {
-    const body = await startBody();
+    const body = startBody();
     await post("/start_uploads", body);
     const before = await metaCount();
     const res = await post("/start_uploads", { ...body, request_id: randomUUID() });
@@ -180,7 +180,7 @@ describe("1. start request", () => {
     ["node_key of the wrong type", { node_key: 12 }, 400, "INVALID_START"],
   ])("refuses a start with %s so the agent fails at once", async (_label, override, status, code) => {
     const before = await metaCount();
-    const res = await post("/start_uploads", await startBody(override));
+    const res = await post("/start_uploads", startBody(override));
     expect(res.status).toBe(status);
     expect(res.json).toMatchObject({ error: { code } });
     expect(JSON.stringify(res.json)).not.toContain("session_id");
@@ -196,7 +196,7 @@ describe("1. start request", () => {
   });
 
   it("makes the emulated agent fail the carve at once on a refused start (no retry)", async () => {
-    const body = await startBody();
+    const body = startBody();
     await post("/start_uploads", body);
     const archive = await randomFile(100);
     const result = await runCarve({
@@ -289,7 +289,7 @@ describe("2. block requests", () => {
   });
 
   it("refuses unknown sessions, mismatched request ids, out-of-range ids and malformed bodies, non-JSON", async () => {
-    const body = await startBody({ block_count: 2, block_size: 4, carve_size: 6 });
+    const body = startBody({ block_count: 2, block_size: 4, carve_size: 6 });
     const sid = ((await post("/start_uploads", body)).json as { session_id: string }).session_id;
     const good = { block_id: 0, session_id: sid, request_id: body.request_id, data: Buffer.from("abcd").toString("base64") };
     const cases: Array<[unknown, number, string]> = [
@@ -320,7 +320,7 @@ describe("2. block requests", () => {
   });
 
   it("answers a duplicate arriving after completion with JSON success", async () => {
-    const body = await startBody({ block_count: 1, block_size: 8, carve_size: 5 });
+    const body = startBody({ block_count: 1, block_size: 8, carve_size: 5 });
     const sid = ((await post("/start_uploads", body)).json as { session_id: string }).session_id;
     const block = { block_id: 0, session_id: sid, request_id: body.request_id, data: Buffer.from("hello").toString("base64") };
     expect((await post("/upload_blocks", block)).json).toEqual({ success: true });
@@ -334,7 +334,7 @@ describe("2. block requests", () => {
   });
 
   it("refuses a body over the limit derived from the maximum block size, non-JSON", async () => {
-    const body = await startBody({ block_count: 1, block_size: 4 * 1024 * 1024, carve_size: 4 * 1024 * 1024 });
+    const body = startBody({ block_count: 1, block_size: 4 * 1024 * 1024, carve_size: 4 * 1024 * 1024 });
     const sid = ((await post("/start_uploads", body)).json as { session_id: string }).session_id;
     const tooBig = { block_id: 0, session_id: sid, request_id: body.request_id, data: "A".repeat(6 * 1024 * 1024) };
     const res = await post("/upload_blocks", tooBig);
@@ -354,7 +354,7 @@ describe("2. block requests", () => {
   });
 
   it("answers an unknown POST path non-JSON so a misconfigured agent notices", async () => {
-    const res = await post("/start_uploads%20", await startBody());
+    const res = await post("/start_uploads%20", startBody());
     expect(res.status).toBe(404);
     expect(isJson(res.text)).toBe(false);
     const get = await fetch(`${svc.url}/nope`);
@@ -416,7 +416,7 @@ describe("logging", () => {
     const bytes = randomBytes(2048);
     const result = await carveBytes(bytes, { nodeKey: secretKey, agentVersion: "5.23.0", blockSize: 1024 });
     expect(result.status).toBe("SUCCESS");
-    await post("/start_uploads", await startBody({ node_key: secretKey }), { authorization: `NodeKey ${secretKey}` });
+    await post("/start_uploads", startBody({ node_key: secretKey }), { authorization: `NodeKey ${secretKey}` });
     const text = svc.logs.text;
     expect(text).toContain(result.carveId); // the carve was logged...
     expect(text).not.toContain(secretKey); // ...but not its secrets

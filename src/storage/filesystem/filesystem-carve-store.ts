@@ -115,7 +115,7 @@ class ActiveCarve {
     const fds = [this.dataFd, this.journalFd];
     this.dataFd = null;
     this.journalFd = null;
-    await Promise.all(fds.map((fd) => fd?.close().catch(() => undefined)));
+    await Promise.all(fds.map((fd) => (fd ? fd.close().catch(() => undefined) : Promise.resolve())));
   }
 }
 
