@@ -172,6 +172,14 @@ do_install() {
     echo "$LAUNCHER"
     return 0
   fi
+  # Serialize concurrent installs (e.g. two `start`s at once on a fresh machine), then re-check.
+  mkdir -p "$MONGO_WIRE_HOME"
+  exec 9>"$MONGO_WIRE_HOME/.install.lock"
+  flock 9
+  if [[ -x "$LAUNCHER" && -f "$PREFIX/.installed" && "$(cat "$PREFIX/.installed")" == "$stamp" ]]; then
+    echo "$LAUNCHER"
+    return 0
+  fi
   ensure_toolchain
 
   local build="$PREFIX/build"
@@ -245,7 +253,9 @@ port_open() {
 do_start() {
   local dir="${1:-}" port="${2:-}"
   [[ -n "$dir" && -n "$port" ]] || usage
-  [[ "$port" =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || die "bad port: $port"
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+    die "bad port: $port"
+  fi
   local backend="${MONGO_WIRE_BACKEND:-h2}"
   [[ "$backend" == h2 || "$backend" == memory ]] || die "MONGO_WIRE_BACKEND must be h2 or memory"
   local timeout="${MONGO_WIRE_START_TIMEOUT:-30}"
