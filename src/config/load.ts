@@ -11,6 +11,8 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
   CARVE_HOST: ["server", "host"],
   CARVE_PORT: ["server", "port"],
   CARVE_SHUTDOWN_GRACE_SECONDS: ["server", "shutdownGraceSeconds"],
+  CARVE_TRUSTED_PROXIES: ["server", "trustedProxies"],
+  CARVE_REQUIRE_SAME_CERTIFICATE: ["agent", "requireSameCertificate"],
   CARVE_START_PATH: ["agent", "startPath"],
   CARVE_CONTINUE_PATH: ["agent", "continuePath"],
   CARVE_MAX_BLOCK_SIZE: ["agent", "maxBlockSize"],
@@ -18,11 +20,14 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
   CARVE_STORAGE: ["storage", "backend"],
   CARVE_DATA_DIR: ["storage", "filesystem", "dataDir"],
   CARVE_FSYNC_EACH_BLOCK: ["storage", "filesystem", "fsyncEachBlock"],
+  CARVE_MONGODB_URI: ["storage", "gridfs", "uri"],
+  CARVE_MONGODB_DATABASE: ["storage", "gridfs", "database"],
+  CARVE_GRIDFS_BUCKET: ["storage", "gridfs", "bucket"],
   LOG_LEVEL: ["logging", "level"],
 };
 
 /** Keys whose environment value is a boolean. */
-const BOOLEAN_ENV = new Set(["CARVE_FSYNC_EACH_BLOCK"]);
+const BOOLEAN_ENV = new Set(["CARVE_FSYNC_EACH_BLOCK", "CARVE_REQUIRE_SAME_CERTIFICATE"]);
 
 export const DEFAULT_CONFIG_FILE = "conf/carve-server.yml";
 

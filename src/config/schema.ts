@@ -22,6 +22,11 @@ const endpointPath = z
   .regex(/^\/[A-Za-z0-9._~\-/]*$/, "must start with / and contain only URL-safe path characters")
   .refine((p) => p !== "/", { message: "\"/\" is always served (body-routed); choose a distinct path" });
 
+/** A list given as YAML sequence or as a comma-separated string (environment). */
+const stringList = z
+  .union([z.array(z.string()), z.string()])
+  .transform((v) => (Array.isArray(v) ? v : v.split(",")).map((s) => s.trim()).filter((s) => s !== ""));
+
 const logLevel = z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
 
 export const MIN_BLOCK_SIZE = 1;
@@ -39,6 +44,11 @@ export const configSchema = z
         shutdownGraceSeconds: z.coerce.number().int().min(0).max(3600).default(30),
         /** Seconds a client may take to send one request's headers and body (slow-loris guard). */
         requestTimeoutSeconds: z.coerce.number().int().min(1).max(3600).default(60),
+        /**
+         * Addresses (IPs or CIDRs) of the TLS proxies (NGINX) whose client-certificate headers and
+         * X-Forwarded-For are believed. Requests from anywhere else have those headers ignored.
+         */
+        trustedProxies: stringList.default(["127.0.0.1", "::1"]),
       })
       .prefault({}),
     agent: z
@@ -47,6 +57,8 @@ export const configSchema = z
         continuePath: endpointPath.default("/upload_blocks"),
         maxBlockSize: byteSize(MIN_BLOCK_SIZE, HARD_MAX_BLOCK_SIZE).default(8 * 1024 * 1024),
         maxCarveSize: byteSize(1024, HARD_MAX_CARVE_SIZE).default(4 * 1024 ** 3),
+        /** Refuse blocks that come with another client certificate than the session's start did. */
+        requireSameCertificate: z.boolean().default(false),
       })
       .prefault({}),
     storage: z
@@ -57,6 +69,14 @@ export const configSchema = z
             dataDir: z.string().min(1).default("./data"),
             /** fsync every block before acknowledging it (survives power loss, slower). */
             fsyncEachBlock: z.boolean().default(false),
+          })
+          .prefault({}),
+        gridfs: z
+          .strictObject({
+            /** mongodb:// or mongodb+srv:// connection string; required when backend is gridfs. */
+            uri: z.string().regex(/^mongodb(\+srv)?:\/\//, "must be a mongodb:// or mongodb+srv:// URI").optional(),
+            database: z.string().regex(/^[A-Za-z0-9_-]{1,63}$/, "plain latin letters, digits, _ and -").default("osquery_carves"),
+            bucket: z.string().regex(/^[A-Za-z0-9_-]{1,63}$/, "plain latin letters, digits, _ and -").default("carves"),
           })
           .prefault({}),
       })
@@ -73,6 +93,13 @@ export const configSchema = z
         code: "custom",
         path: ["agent", "maxBlockSize"],
         message: "must not exceed agent.maxCarveSize",
+      });
+    }
+    if (c.storage.backend === "gridfs" && !c.storage.gridfs.uri) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["storage", "gridfs", "uri"],
+        message: "required when storage.backend is gridfs (CARVE_MONGODB_URI)",
       });
     }
     if (c.agent.startPath === c.agent.continuePath) {

@@ -83,7 +83,11 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
         carveId: b.carve_id,
         requestId: b.request_id,
         nodeKey: b.node_key || nodeKeyFromHeader(req) || "",
-        agent: { address: req.ip ?? req.socket.remoteAddress ?? null, userAgent: req.get("user-agent") ?? null },
+        agent: {
+          address: req.ip ?? req.socket.remoteAddress ?? null,
+          userAgent: req.get("user-agent") ?? null,
+          certificate: null,
+        },
       });
       replyStartAccepted(res, session.sessionId);
     } catch (err) {

@@ -1,10 +1,59 @@
 import type { Readable } from "node:stream";
 
+/**
+ * A verified TLS client certificate: passed by a trusted proxy (NGINX headers) or read from the service's
+ * own TLS socket. Both sources produce exactly this shape.
+ */
+export interface CertificateIdentity {
+  /** Subject distinguished name, RFC 2253 style (e.g. "CN=host-1,O=Example"). */
+  subjectDn: string;
+  /** SHA-256 fingerprint of the DER certificate, upper-case hex pairs joined by ":" (Node's format). */
+  fingerprintSha256: string;
+  source: "proxy" | "tls";
+}
+
 /** Where a carve came from on the agent side, as far as the server can tell. */
 export interface AgentInfo {
   /** Client address as seen by the service (the proxy's view when behind a trusted proxy). */
   address: string | null;
   userAgent: string | null;
+  /** The agent's verified client certificate, when a TLS layer verified one. */
+  certificate: CertificateIdentity | null;
+}
+
+/** Who did something through the responder API, as Vault described the token. Never the token itself. */
+export interface AuditActor {
+  displayName: string | null;
+  entityId: string | null;
+  /** HMAC of the token under a per-process secret: correlates one token's actions, cannot be replayed. */
+  tokenFingerprint: string | null;
+}
+
+export interface AuditEvent {
+  id: string;
+  at: Date;
+  /** e.g. "carve.list", "carve.read", "carve.download", "carve.files", "carve.delete", "audit.read" */
+  action: string;
+  result: "allowed" | "denied" | "not-found" | "error";
+  actor: AuditActor;
+  client: { address: string | null; certificateSubject: string | null; requestId: string | null };
+  carveId: string | null;
+  /** Small scalar facts: sha256, byte range, bytes sent, reason of a denial... */
+  detail: Record<string, string | number | boolean | null>;
+}
+
+export interface AuditQuery {
+  carveId?: string;
+  action?: string;
+  since?: Date;
+  until?: Date;
+  limit: number;
+  cursor?: string;
+}
+
+export interface AuditPage {
+  events: AuditEvent[];
+  nextCursor: string | null;
 }
 
 /** What an agent asked for in its start request, after validation. */
@@ -138,6 +187,20 @@ export interface CarveStore {
    * @throws AppError CARVE_NOT_FOUND, CARVE_NOT_COMPLETE
    */
   openArchive(carveId: string, range?: ByteRange): Promise<ArchiveHandle>;
+
+  /**
+   * Deletes a carve and everything it owns (archive, blocks, session state). From the first step on the
+   * carve is invisible (CARVE_NOT_FOUND / UNKNOWN_SESSION); a delete interrupted by a crash is finished by
+   * the next deleteCarve of the same id. Returns the bytes of carve data freed.
+   * @throws AppError CARVE_NOT_FOUND
+   */
+  deleteCarve(carveId: string): Promise<{ bytesFreed: number }>;
+
+  /** Records an audit event durably. */
+  appendAudit(event: AuditEvent): Promise<void>;
+
+  /** Audit events newest first. @throws AppError INVALID_QUERY for a bad cursor */
+  listAudit(query: AuditQuery): Promise<AuditPage>;
 
   health(): Promise<StoreHealth>;
 

@@ -31,14 +31,25 @@ describe("configuration", () => {
   it("uses the documented defaults with no file and no environment", async () => {
     const config = loadConfig({ cwd: await dirWith(), env: {} });
     expect(config).toEqual({
-      server: { host: "127.0.0.1", port: 8000, shutdownGraceSeconds: 30, requestTimeoutSeconds: 60 },
+      server: {
+        host: "127.0.0.1",
+        port: 8000,
+        shutdownGraceSeconds: 30,
+        requestTimeoutSeconds: 60,
+        trustedProxies: ["127.0.0.1", "::1"],
+      },
       agent: {
         startPath: "/start_uploads",
         continuePath: "/upload_blocks",
         maxBlockSize: 8 * 1024 * 1024,
         maxCarveSize: 4 * 1024 ** 3,
+        requireSameCertificate: false,
       },
-      storage: { backend: "filesystem", filesystem: { dataDir: "./data", fsyncEachBlock: false } },
+      storage: {
+        backend: "filesystem",
+        filesystem: { dataDir: "./data", fsyncEachBlock: false },
+        gridfs: { database: "osquery_carves", bucket: "carves" },
+      },
       logging: { level: "info" },
     });
     expect(Object.isFrozen(config.agent)).toBe(true);
@@ -63,8 +74,10 @@ describe("configuration", () => {
         CARVE_MAX_CARVE_SIZE: "2GiB",
         CARVE_FSYNC_EACH_BLOCK: "true",
         LOG_LEVEL: "warn",
+        CARVE_TRUSTED_PROXIES: "10.0.0.5, 10.1.0.0/16",
       },
     });
+    expect(config.server.trustedProxies).toEqual(["10.0.0.5", "10.1.0.0/16"]);
     expect(config.server).toMatchObject({ port: 9100, host: "0.0.0.0" });
     expect(config.agent.maxBlockSize).toBe(1024 * 1024);
     expect(config.agent.maxCarveSize).toBe(2 * 1024 ** 3);
@@ -116,6 +129,16 @@ describe("configuration", () => {
     expect(problems.join("\n")).toMatch(/maxBlockSize.*: must not exceed/);
     expect(problems.join("\n")).toMatch(/continuePath.*: must differ/);
     expect(problemsOf(() => loadConfig({ cwd, env: { CARVE_MAX_BLOCK_SIZE: "1GiB" } })).join()).toMatch(/between/);
+  });
+
+  it("requires a MongoDB URI for the gridfs backend", async () => {
+    const cwd = await dirWith();
+    expect(problemsOf(() => loadConfig({ cwd, env: { CARVE_STORAGE: "gridfs" } })).join()).toMatch(
+      /storage\.gridfs\.uri: required/,
+    );
+    expect(problemsOf(() => loadConfig({ cwd, env: { CARVE_MONGODB_URI: "http://x" } })).join()).toMatch(/mongodb/);
+    const ok = loadConfig({ cwd, env: { CARVE_STORAGE: "gridfs", CARVE_MONGODB_URI: "mongodb://127.0.0.1:27017/" } });
+    expect(ok.storage.gridfs.uri).toBe("mongodb://127.0.0.1:27017/");
   });
 
   it("reports a YAML syntax error with the file name", async () => {

@@ -67,7 +67,11 @@ export function carveStoreConformance(name: string, makeHarness: () => Promise<S
           blockCount: 3,
           blockSize: 1024,
           carveSize: 3000,
-          agent: { address: "127.0.0.1", userAgent: "osquery/5.23.0" },
+          agent: {
+            address: "127.0.0.1",
+            userAgent: "osquery/5.23.0",
+            certificate: { subjectDn: "CN=agent-1,O=Example", fingerprintSha256: "AB:CD:EF:01", source: "proxy" },
+          },
         });
         const record = await store.getCarve(carve.spec.carveId);
         expect(record.status).toBe("receiving");
@@ -328,6 +332,83 @@ export function carveStoreConformance(name: string, makeHarness: () => Promise<S
         const health = await store.health();
         expect(health.ok).toBe(true);
         expect(health.backend).toBe(store.backend);
+      });
+    });
+
+    describe("deletion", () => {
+      it("deletes a complete carve and everything it owns", async () => {
+        const carve = makeCarve({ size: 3000, blockSize: 1000 });
+        await upload(store, carve);
+        const record = await store.getCarve(carve.spec.carveId);
+        expect(await store.deleteCarve(carve.spec.carveId)).toEqual({ bytesFreed: 3000 });
+        await expectCode(store.getCarve(carve.spec.carveId), "CARVE_NOT_FOUND");
+        await expectCode(store.openArchive(carve.spec.carveId), "CARVE_NOT_FOUND");
+        await expectCode(store.findSession(record.sessionId), "UNKNOWN_SESSION");
+        await expectCode(store.deleteCarve(carve.spec.carveId), "CARVE_NOT_FOUND");
+        expect((await store.listCarves({ limit: 10 })).carves).toHaveLength(0);
+      });
+
+      it("deletes a receiving carve: its session stops accepting blocks, and the carve_id can start again", async () => {
+        const carve = makeCarve({ size: 3000, blockSize: 1000 });
+        const { session } = await store.createSession(carve.spec, "delrecv1");
+        await store.putBlock(session, 0, carve.blocks[0] as Buffer);
+        expect(await store.deleteCarve(carve.spec.carveId)).toEqual({ bytesFreed: 1000 });
+        await expectCode(store.putBlock(session, 1, carve.blocks[1] as Buffer), "UNKNOWN_SESSION");
+        await expectCode(store.missingBlocks(carve.spec.carveId, 5), "CARVE_NOT_FOUND");
+        const again = await store.createSession(carve.spec, "delrecv2");
+        expect(again.created).toBe(true);
+        expect(await upload(store, carve)).toBe(1);
+        expect((await store.getCarve(carve.spec.carveId)).sha256).toBe(sha256(carve.bytes));
+      });
+
+      it("keeps other carves intact", async () => {
+        const a = makeCarve({ size: 2000, blockSize: 1000 });
+        const b = makeCarve({ size: 2000, blockSize: 1000 });
+        await upload(store, a);
+        await upload(store, b);
+        await store.deleteCarve(a.spec.carveId);
+        expect((await archiveBytes(store, b.spec.carveId)).equals(b.bytes)).toBe(true);
+      });
+    });
+
+    describe("audit trail", () => {
+      const event = (i: number, at: Date, carveId: string | null) => ({
+        id: `evt-${String(i).padStart(4, "0")}`,
+        at,
+        action: i % 2 === 0 ? "carve.download" : "carve.read",
+        result: "allowed" as const,
+        actor: { displayName: "token-alice", entityId: "ent-1", tokenFingerprint: "hmac:abc" },
+        client: { address: "10.0.0.9", certificateSubject: null, requestId: `req-${i}` },
+        carveId,
+        detail: { bytesSent: i * 10, range: null },
+      });
+
+      it("stores events durably and lists them newest first with filters and a cursor", async () => {
+        const base = Date.parse("2026-03-01T23:59:58Z");
+        for (let i = 0; i < 6; i++) {
+          await store.appendAudit(event(i, new Date(base + i * 1000), i < 4 ? "carve-a" : "carve-b"));
+        }
+        await store.close();
+        store = await harness.open();
+        const all = await store.listAudit({ limit: 10 });
+        expect(all.events.map((e) => e.id)).toEqual(["evt-0005", "evt-0004", "evt-0003", "evt-0002", "evt-0001", "evt-0000"]);
+        expect(all.events[0]).toEqual(event(5, new Date(base + 5000), "carve-b"));
+        expect((await store.listAudit({ limit: 10, carveId: "carve-a" })).events).toHaveLength(4);
+        expect((await store.listAudit({ limit: 10, action: "carve.read" })).events.map((e) => e.id)).toEqual([
+          "evt-0005",
+          "evt-0003",
+          "evt-0001",
+        ]);
+        const window = await store.listAudit({
+          limit: 10,
+          since: new Date(base + 1000),
+          until: new Date(base + 3000),
+        });
+        expect(window.events.map((e) => e.id)).toEqual(["evt-0002", "evt-0001"]);
+        const p1 = await store.listAudit({ limit: 4 });
+        const p2 = await store.listAudit({ limit: 4, cursor: p1.nextCursor as string });
+        expect(p2.nextCursor).toBeNull();
+        expect([...p1.events, ...p2.events].map((e) => e.id)).toEqual(all.events.map((e) => e.id));
       });
     });
 

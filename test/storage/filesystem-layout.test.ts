@@ -61,6 +61,7 @@ describe("filesystem store layout and recovery", () => {
     expect(tree).toEqual(
       [
         ".lock",
+        "audit",
         "carves",
         `carves/${plain.spec.carveId}.tar`,
         `carves/${zst.spec.carveId}.tar.zst`,

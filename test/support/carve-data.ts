@@ -35,7 +35,15 @@ export function makeCarve(options: {
       blockCount: blocks.length,
       blockSize: options.blockSize,
       carveSize: bytes.length,
-      agent: { address: "127.0.0.1", userAgent: "osquery/5.23.0" },
+      agent: {
+        address: "127.0.0.1",
+        userAgent: "osquery/5.23.0",
+        certificate: {
+          subjectDn: "CN=agent-1,O=Example",
+          fingerprintSha256: "AB:CD:EF:01",
+          source: "proxy",
+        },
+      },
     },
   };
 }

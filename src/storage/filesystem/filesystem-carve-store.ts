@@ -14,6 +14,10 @@ import {
 import { Mutex } from "../../util/mutex.js";
 import { LruMap } from "../../util/lru.js";
 import type {
+  AuditEvent,
+  AuditPage,
+  AuditQuery,
+  CertificateIdentity,
   ArchiveHandle,
   ByteRange,
   CarveRecord,
@@ -27,7 +31,15 @@ import type {
   SessionSpec,
   StoreHealth,
 } from "../carve-store.js";
-import { decodeCursor, encodeCursor, matchesQuery, compareNewestFirst } from "../listing.js";
+import {
+  auditMatches,
+  compareAuditNewestFirst,
+  compareNewestFirst,
+  decodeCursor,
+  encodeAuditCursor,
+  encodeCursor,
+  matchesQuery,
+} from "../listing.js";
 import { acquireDirLock, type DirLock } from "./dir-lock.js";
 
 /*
@@ -40,6 +52,7 @@ import { acquireDirLock, type DirLock } from "./dir-lock.js";
  *   sessions/<carve_id>/journal   8-byte records (block id, check) appended after a block's bytes are written:
  *                                 the durable list of stored blocks, replayed after a restart
  *   index/<session_id>            symlink whose target is the carve_id (session id -> carve lookup)
+ *   audit/<yyyy-mm-dd>.jsonl      audit events, one JSON object per line, appended
  *   tmp/                          staging for atomic renames and links; emptied at start-up
  *   .lock                         pid of the one process that owns this directory
  *
@@ -63,9 +76,10 @@ interface MetaFile {
   blockCount: number;
   blockSize: number;
   carveSize: number;
-  agent: { address: string | null; userAgent: string | null };
+  agent: { address: string | null; userAgent: string | null; certificate?: CertificateIdentity | null };
   createdAt: string;
-  status: "receiving" | "complete";
+  /** "deleting": a delete has begun; the carve is invisible and the next delete finishes it. */
+  status: "receiving" | "complete" | "deleting";
   completedAt: string | null;
   sha256: string | null;
   compression: Compression | null;
@@ -171,7 +185,7 @@ export class FilesystemCarveStore implements CarveStore {
    */
   static async create(options: FilesystemCarveStoreOptions): Promise<FilesystemCarveStore> {
     const root = path.resolve(options.dataDir);
-    for (const dir of ["", "carves", "meta", "sessions", "index", "tmp"]) {
+    for (const dir of ["", "carves", "meta", "sessions", "index", "tmp", "audit"]) {
       await fsp.mkdir(path.join(root, dir), { recursive: true });
     }
     const lock = await acquireDirLock(root);
@@ -226,7 +240,13 @@ export class FilesystemCarveStore implements CarveStore {
 
   // ---------------------------------------------------------------- meta files
 
+  /** The carve's meta file, or null when there is no carve (a deletion in progress counts as none). */
   private async readMeta(carveId: string): Promise<MetaFile | null> {
+    const meta = await this.readMetaRaw(carveId);
+    return meta && meta.status !== "deleting" ? meta : null;
+  }
+
+  private async readMetaRaw(carveId: string): Promise<MetaFile | null> {
     try {
       return JSON.parse(await fsp.readFile(this.metaPath(carveId), "utf8")) as MetaFile;
     } catch (err) {
@@ -274,7 +294,11 @@ export class FilesystemCarveStore implements CarveStore {
       blockCount: meta.blockCount,
       blockSize: meta.blockSize,
       carveSize: meta.carveSize,
-      agent: { address: meta.agent.address, userAgent: meta.agent.userAgent },
+      agent: {
+        address: meta.agent.address,
+        userAgent: meta.agent.userAgent,
+        certificate: meta.agent.certificate ? { ...meta.agent.certificate } : null,
+      },
       createdAt: new Date(meta.createdAt),
     };
   }
@@ -300,7 +324,11 @@ export class FilesystemCarveStore implements CarveStore {
       blockCount: spec.blockCount,
       blockSize: spec.blockSize,
       carveSize: spec.carveSize,
-      agent: { address: spec.agent.address, userAgent: spec.agent.userAgent },
+      agent: {
+        address: spec.agent.address,
+        userAgent: spec.agent.userAgent,
+        certificate: spec.agent.certificate ? { ...spec.agent.certificate } : null,
+      },
       createdAt: this.now().toISOString(),
       status: "receiving",
       completedAt: null,
@@ -323,7 +351,7 @@ export class FilesystemCarveStore implements CarveStore {
       }
       if (!created) {
         const existing = await this.readMeta(spec.carveId);
-        if (!existing) throw new Error(`meta of ${spec.carveId} vanished while starting`);
+        if (!existing) throw new AppError("CARVE_ID_CONFLICT", "the carve is being deleted");
         winner = existing;
       }
       // Every step below is idempotent, so a retried start repairs a start that crashed half-way.
@@ -685,7 +713,10 @@ export class FilesystemCarveStore implements CarveStore {
     const c = carve.completion;
     return {
       ...carve.session,
-      agent: { ...carve.session.agent },
+      agent: {
+        ...carve.session.agent,
+        certificate: carve.session.agent.certificate ? { ...carve.session.agent.certificate } : null,
+      },
       status: c ? "complete" : "receiving",
       updatedAt: carve.lastBlockAt,
       completedAt: c?.completedAt ?? null,
@@ -751,6 +782,85 @@ export class FilesystemCarveStore implements CarveStore {
       if (errno(err) === "ENOENT") throw new AppError("CARVE_NOT_FOUND");
       throw wrapIo(err, `open archive of ${carveId}`);
     }
+  }
+
+  async deleteCarve(carveId: string): Promise<{ bytesFreed: number }> {
+    this.assertOpen();
+    if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
+    const meta = await this.readMetaRaw(carveId);
+    if (!meta) throw new AppError("CARVE_NOT_FOUND");
+    // Counted as carve data (what agents sent), the same figure on every backend; a data.part file is
+    // sparse, so its size would not say it.
+    const bytesFreed =
+      meta.status === "complete" ? meta.carveSize : meta.status === "receiving" ? (await this.peekCarve(carveId)).bytes : 0;
+    const run = async (): Promise<{ bytesFreed: number }> => {
+      try {
+        // Step 1 makes the carve invisible everywhere (reads, new blocks, listings); the rest only frees space.
+        if (meta.status !== "deleting") await this.replaceMeta({ ...meta, status: "deleting" });
+        const cached = this.active.get(carveId);
+        if (cached) this.forget(cached);
+        this.sessionCache.delete(meta.sessionId);
+        for (const file of [this.finalPath(carveId, "none"), this.finalPath(carveId, "zstd"), this.partPath(carveId)]) {
+          await fsp.rm(file, { force: true });
+        }
+        await fsp.rm(this.sessionDir(carveId), { recursive: true, force: true }); // journal included
+        await fsp.rm(this.p("index", meta.sessionId), { force: true });
+        await fsp.rm(this.metaPath(carveId), { force: true });
+        this.logger.info({ carveId, bytesFreed }, "carve deleted");
+        return { bytesFreed };
+      } catch (err) {
+        throw wrapIo(err, `delete ${carveId}`);
+      }
+    };
+    const cached = this.active.get(carveId);
+    // Wait for any block being written to this carve, so no write lands after the files are gone.
+    return cached ? cached.mutex.run(run) : run();
+  }
+
+  private readonly auditMutex = new Mutex();
+
+  async appendAudit(event: AuditEvent): Promise<void> {
+    this.assertOpen();
+    const line = `${JSON.stringify({ ...event, at: event.at.toISOString() })}\n`;
+    const file = this.p("audit", `${event.at.toISOString().slice(0, 10)}.jsonl`);
+    await this.auditMutex.run(async () => {
+      try {
+        await fsp.appendFile(file, line, { mode: 0o640 });
+      } catch (err) {
+        throw wrapIo(err, "append audit event");
+      }
+    });
+  }
+
+  async listAudit(query: AuditQuery): Promise<AuditPage> {
+    this.assertOpen();
+    const after = query.cursor ? decodeCursor(query.cursor) : null;
+    const files = (await fsp.readdir(this.p("audit"))).filter((f) => /^\d{4}-\d{2}-\d{2}\.jsonl$/.test(f)).sort().reverse();
+    const found: AuditEvent[] = [];
+    for (const file of files) {
+      const day = file.slice(0, 10);
+      // Whole days outside the window are skipped without reading them.
+      if (query.since && day < query.since.toISOString().slice(0, 10)) break;
+      if (query.until && day > query.until.toISOString().slice(0, 10)) continue;
+      if (after && day > new Date(after.t).toISOString().slice(0, 10)) continue;
+      const text = await fsp.readFile(this.p("audit", file), "utf8");
+      for (const line of text.split("\n")) {
+        if (!line) continue;
+        let raw: AuditEvent & { at: string };
+        try {
+          raw = JSON.parse(line) as AuditEvent & { at: string };
+        } catch {
+          continue; // a torn last line after a crash
+        }
+        const event: AuditEvent = { ...raw, at: new Date(raw.at) };
+        if (auditMatches(event, query, after)) found.push(event);
+      }
+      if (found.length > query.limit) break;
+    }
+    found.sort(compareAuditNewestFirst);
+    const page = found.slice(0, query.limit);
+    const last = page[page.length - 1];
+    return { events: page, nextCursor: found.length > query.limit && last ? encodeAuditCursor(last) : null };
   }
 
   async health(): Promise<StoreHealth> {
