@@ -20,6 +20,7 @@ export const ERROR_CODES = {
   BLOCK_CONFLICT: { status: 409, message: "block already stored with different content" },
   UNKNOWN_SESSION: { status: 404, message: "unknown session_id" },
   REQUEST_ID_MISMATCH: { status: 403, message: "request_id does not match the session" },
+  CERTIFICATE_MISMATCH: { status: 403, message: "client certificate differs from the one that started the session" },
   UNKNOWN_REQUEST: { status: 400, message: "request body is neither a carve start nor a block" },
   // generic HTTP
   BODY_TOO_LARGE: { status: 413, message: "request body too large" },

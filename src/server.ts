@@ -32,6 +32,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
   const carves = new CarveService({
     store,
     limits: { maxBlockSize: config.agent.maxBlockSize, maxCarveSize: config.agent.maxCarveSize },
+    requireSameCertificate: config.agent.requireSameCertificate,
     logger: logger.child({ component: "carves" }),
   });
   const app = createApp({ config, logger, store, carves, isShuttingDown: () => shuttingDown });

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { AppError } from "../errors.js";
 import type { Logger } from "../logger.js";
-import type { AgentInfo, CarveStore, PutBlockResult, Session } from "../storage/carve-store.js";
+import type { AgentInfo, CarveStore, CertificateIdentity, PutBlockResult, Session } from "../storage/carve-store.js";
 import { decodeBlockData } from "./base64.js";
 import { blockCountFor, expectedBlockLength } from "./geometry.js";
 
@@ -22,6 +22,8 @@ export interface BlockCommand {
   requestId: string;
   /** base64 text as sent by the agent */
   data: string;
+  /** The verified client certificate this block came with, if any. */
+  certificate: CertificateIdentity | null;
 }
 
 export interface CarveLimits {
@@ -53,6 +55,8 @@ export class CarveService {
       store: CarveStore;
       limits: CarveLimits;
       logger: Logger;
+      /** Refuse blocks whose client certificate differs from the start's. */
+      requireSameCertificate?: boolean;
       sessionIds?: () => string;
     },
   ) {}
@@ -124,12 +128,23 @@ export class CarveService {
 
   /**
    * Validates and stores one block.
-   * @throws AppError UNKNOWN_SESSION, REQUEST_ID_MISMATCH, BLOCK_OUT_OF_RANGE, INVALID_BASE64,
+   * @throws AppError UNKNOWN_SESSION, REQUEST_ID_MISMATCH, CERTIFICATE_MISMATCH, BLOCK_OUT_OF_RANGE, INVALID_BASE64,
    *   BLOCK_LENGTH_MISMATCH, BLOCK_CONFLICT, STORAGE_UNAVAILABLE
    */
   async block(cmd: BlockCommand): Promise<BlockOutcome> {
     const session = await this.deps.store.findSession(cmd.sessionId);
     if (cmd.requestId !== session.requestId) throw new AppError("REQUEST_ID_MISMATCH");
+    if (this.deps.requireSameCertificate) {
+      const started = session.agent.certificate?.fingerprintSha256 ?? null;
+      const now = cmd.certificate?.fingerprintSha256 ?? null;
+      if (started !== now) {
+        this.deps.logger.warn(
+          { carveId: session.carveId, startedBy: session.agent.certificate?.subjectDn ?? null, blockFrom: cmd.certificate?.subjectDn ?? null },
+          "block refused: client certificate differs from the session's",
+        );
+        throw new AppError("CERTIFICATE_MISMATCH");
+      }
+    }
     if (cmd.blockId >= session.blockCount) {
       throw new AppError("BLOCK_OUT_OF_RANGE", `block_id ${cmd.blockId} >= block_count ${session.blockCount}`);
     }

@@ -1,3 +1,4 @@
+import net from "node:net";
 import { z } from "zod";
 import { parseByteSize } from "./sizes.js";
 
@@ -48,7 +49,20 @@ export const configSchema = z
          * Addresses (IPs or CIDRs) of the TLS proxies (NGINX) whose client-certificate headers and
          * X-Forwarded-For are believed. Requests from anywhere else have those headers ignored.
          */
-        trustedProxies: stringList.default(["127.0.0.1", "::1"]),
+        trustedProxies: stringList
+          .refine(
+            (list) =>
+              list.every((e) => {
+                const [ip, bits, extra] = e.split("/");
+                const family = net.isIP(ip ?? "");
+                if (family === 0 || extra !== undefined) return false;
+                if (bits === undefined) return true;
+                const n = Number(bits);
+                return /^\d+$/.test(bits) && n >= 0 && n <= (family === 4 ? 32 : 128);
+              }),
+            { message: "each entry must be an IP address or CIDR (10.0.0.0/8, ::1)" },
+          )
+          .default(["127.0.0.1", "::1"]),
       })
       .prefault({}),
     agent: z

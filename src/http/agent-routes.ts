@@ -4,11 +4,14 @@ import type { CarveService } from "../carves/carve-service.js";
 import type { Logger } from "../logger.js";
 import { refuseNonJson, refuseStart, replyBlockAccepted, replyStartAccepted } from "./agent-reply.js";
 import { blockBodySchema, describeIssues, startBodySchema } from "./agent-schemas.js";
+import { resolveClient } from "./client-identity.js";
 
 export interface AgentRoutesOptions {
   startPath: string;
   continuePath: string;
   maxBlockSize: number;
+  /** Whether a peer address is a trusted TLS proxy whose identity headers are believed. */
+  isTrustedProxy: (address: string | undefined) => boolean;
 }
 
 type Kind = "start" | "block";
@@ -75,6 +78,7 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
       return;
     }
     const b = parsed.data;
+    const client = resolveClient(req, options.isTrustedProxy);
     try {
       const { session } = await deps.carves.start({
         blockCount: b.block_count,
@@ -83,11 +87,7 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
         carveId: b.carve_id,
         requestId: b.request_id,
         nodeKey: b.node_key || nodeKeyFromHeader(req) || "",
-        agent: {
-          address: req.ip ?? req.socket.remoteAddress ?? null,
-          userAgent: req.get("user-agent") ?? null,
-          certificate: null,
-        },
+        agent: { address: client.address, userAgent: req.get("user-agent") ?? null, certificate: client.certificate },
       });
       replyStartAccepted(res, session.sessionId);
     } catch (err) {
@@ -108,6 +108,7 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
         sessionId: b.session_id,
         requestId: b.request_id,
         data: b.data,
+        certificate: resolveClient(req, options.isTrustedProxy).certificate,
       });
       if (outcome.duplicate) {
         req.log.debug({ carveId: outcome.session.carveId, blockId: b.block_id }, "duplicate block acknowledged");

@@ -5,6 +5,7 @@ import { AppError, isAppError, safeErrorFields } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { CarveStore } from "../storage/carve-store.js";
 import { agentRouter } from "./agent-routes.js";
+import { proxyMatcher } from "./client-identity.js";
 import { refuseNonJson } from "./agent-reply.js";
 import { healthRouter } from "./health-routes.js";
 import { httpLogger } from "./logging.js";
@@ -44,6 +45,7 @@ export function createApp(deps: AppDeps): Express {
         startPath: config.agent.startPath,
         continuePath: config.agent.continuePath,
         maxBlockSize: config.agent.maxBlockSize,
+        isTrustedProxy: proxyMatcher(config.server.trustedProxies),
       },
     ),
   );

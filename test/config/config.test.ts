@@ -104,6 +104,7 @@ describe("configuration", () => {
           CARVE_MAX_BLOCK_SIZE: "lots",
           LOG_LEVEL: "loud",
           CARVE_FSYNC_EACH_BLOCK: "maybe",
+          CARVE_TRUSTED_PROXIES: "10.0.0.1,nginx.local",
         },
       }),
     );
@@ -115,7 +116,8 @@ describe("configuration", () => {
     expect(text).toMatch(/agent\.maxBlockSize \(from CARVE_MAX_BLOCK_SIZE\).*not a byte size/);
     expect(text).toMatch(/logging\.level \(from LOG_LEVEL\)/);
     expect(text).toMatch(/CARVE_FSYNC_EACH_BLOCK: expected true or false/);
-    expect(problems.length).toBeGreaterThanOrEqual(7);
+    expect(text).toMatch(/server\.trustedProxies \(from CARVE_TRUSTED_PROXIES\): each entry must be an IP/);
+    expect(problems.length).toBeGreaterThanOrEqual(8);
   });
 
   it("refuses inconsistent limits and paths", async () => {
