@@ -2,6 +2,7 @@ import type { Config } from "../config/schema.js";
 import type { Logger } from "../logger.js";
 import type { CarveStore } from "./carve-store.js";
 import { FilesystemCarveStore } from "./filesystem/filesystem-carve-store.js";
+import { GridFsCarveStore } from "./gridfs/gridfs-carve-store.js";
 
 /** Opens the configured backend. @throws Error when it cannot be opened (reported before listening). */
 export async function openStore(config: Config, logger: Logger, now?: () => Date): Promise<CarveStore> {
@@ -13,7 +14,16 @@ export async function openStore(config: Config, logger: Logger, now?: () => Date
         logger: logger.child({ component: "filesystem-store" }),
         ...(now ? { now } : {}),
       });
-    case "gridfs":
-      throw new Error("storage backend gridfs is not available in this build");
+    case "gridfs": {
+      const { uri, database, bucket } = config.storage.gridfs;
+      if (!uri) throw new Error("storage.gridfs.uri is required for the gridfs backend");
+      return GridFsCarveStore.create({
+        uri,
+        database,
+        bucket,
+        logger: logger.child({ component: "gridfs-store" }),
+        ...(now ? { now } : {}),
+      });
+    }
   }
 }

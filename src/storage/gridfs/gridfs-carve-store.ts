@@ -1,0 +1,687 @@
+import { createHash } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Binary, GridFSBucket, MongoClient, type Collection, type Db, type Filter, type ObjectId } from "mongodb";
+import { AppError } from "../../errors.js";
+import type { Logger } from "../../logger.js";
+import {
+  archiveExtension,
+  detectCompression,
+  expectedBlockLength,
+  isSafeId,
+} from "../../carves/geometry.js";
+import { LruMap } from "../../util/lru.js";
+import type {
+  AgentInfo,
+  ArchiveHandle,
+  AuditEvent,
+  AuditPage,
+  AuditQuery,
+  ByteRange,
+  CarveRecord,
+  CarveStore,
+  Compression,
+  CreateSessionResult,
+  ListPage,
+  ListQuery,
+  PutBlockResult,
+  Session,
+  SessionSpec,
+  StoreHealth,
+} from "../carve-store.js";
+import { decodeCursor, encodeAuditCursor, encodeCursor } from "../listing.js";
+
+/*
+ * MongoDB GridFS backend, shared by any number of service processes.
+ *
+ * Collections (database `database`, prefix `bucket`):
+ *   <bucket>.sessions  one document per carve (_id = carve_id): geometry, agent, status, counters and one
+ *                      marker field per stored block (b.r<block_id>). Marker and counters change in ONE
+ *                      conditional update, so a block is counted exactly once whichever process stores it.
+ *   <bucket>.chunks    GridFS chunks, written as blocks arrive: block i of a carve is chunk(s) n = i*k..,
+ *                      with _id "<session_id>/<n>" and the unique {files_id, n} index: a re-sent block is
+ *                      recognised by the duplicate key, then compared byte for byte.
+ *   <bucket>.files     the GridFS file document, inserted once when the carve is complete (_id = session
+ *                      id, filename <carve_id>.tar[.zst], metadata carve_id/request_id/sha256/...): from
+ *                      then on the carve is an ordinary GridFS file (`mongofiles get_id`, any driver).
+ *   <bucket>.audit     responder audit events.
+ *
+ * Nothing is held in memory between requests except immutable session facts: no upload stream, no
+ * reassembly buffer. Completion is claimed with a conditional update (receiving -> completing) by exactly
+ * one process; a claim left by a crashed process is taken over after `staleCompletionMs`.
+ *
+ * Every chunk is at most MAX_CHUNK bytes (well under MongoDB's 16 MB document limit): a larger block is
+ * split into k equal chunks, k dividing the block size, so block boundaries stay chunk boundaries.
+ */
+
+const MAX_CHUNK = 8 * 1024 * 1024;
+/** Marker fields live in the session document; this keeps it far below 16 MB (~13 bytes a block). */
+export const MAX_GRIDFS_BLOCKS = 500_000;
+/** Bytes of chunks fetched per query while hashing a completed carve. */
+const HASH_BATCH_BYTES = 16 * 1024 * 1024;
+
+type SessionStatus = "receiving" | "completing" | "complete" | "deleting";
+
+interface SessionDoc {
+  _id: string;
+  sessionId: string;
+  requestId: string;
+  nodeKey: string;
+  blockCount: number;
+  blockSize: number;
+  carveSize: number;
+  chunkSize: number;
+  chunksPerBlock: number;
+  agent: AgentInfo;
+  createdAt: Date;
+  updatedAt: Date;
+  status: SessionStatus;
+  completingSince?: Date | null;
+  deletingSince?: Date | null;
+  blocksReceived: number;
+  bytesReceived: number;
+  b?: Record<string, number>;
+  sha256: string | null;
+  compression: Compression | null;
+  completedAt: Date | null;
+}
+
+interface ChunkDoc {
+  _id: string;
+  files_id: string;
+  n: number;
+  data: Binary;
+}
+
+interface FileDoc {
+  _id: string;
+  length: number;
+  chunkSize: number;
+  uploadDate: Date;
+  filename: string;
+  metadata: Record<string, unknown>;
+}
+
+type AuditDoc = Omit<AuditEvent, "id"> & { _id: string };
+
+const NO_MARKERS = { projection: { b: 0 } } as const;
+
+export interface GridFsCarveStoreOptions {
+  uri: string;
+  database: string;
+  bucket: string;
+  logger: Logger;
+  now?: () => Date;
+  /** How long a request waits for another process's completion before answering "try again". */
+  completionWaitMs?: number;
+  /** A completion claim older than this is presumed dead (its process crashed) and taken over. */
+  staleCompletionMs?: number;
+  serverSelectionTimeoutMs?: number;
+}
+
+function isDuplicateKey(err: unknown): boolean {
+  return (err as { code?: unknown } | null)?.code === 11000;
+}
+
+function bytesOf(bin: Binary): Buffer {
+  const u8 = bin.buffer.subarray(0, bin.position);
+  return Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);
+}
+
+function wrap(err: unknown, what: string): AppError {
+  if (err instanceof AppError) return err;
+  return new AppError("STORAGE_UNAVAILABLE", undefined, { cause: Object.assign(new Error(what), { cause: err }) });
+}
+
+/** Chunks per block: the smallest k dividing blockSize with blockSize / k <= MAX_CHUNK, or null. */
+export function chunksPerBlock(blockSize: number): number | null {
+  for (let k = Math.ceil(blockSize / MAX_CHUNK); k <= 4096; k++) {
+    if (blockSize % k === 0) return k;
+  }
+  return null;
+}
+
+export class GridFsCarveStore implements CarveStore {
+  readonly backend = "gridfs";
+  private readonly sessions: Collection<SessionDoc>;
+  private readonly chunks: Collection<ChunkDoc>;
+  private readonly files: Collection<FileDoc>;
+  private readonly audit: Collection<AuditDoc>;
+  private readonly gridfs: GridFSBucket;
+  private readonly now: () => Date;
+  private readonly completionWaitMs: number;
+  private readonly staleCompletionMs: number;
+  private readonly logger: Logger;
+  /** Immutable session facts only; status always comes from the database. */
+  private readonly sessionCache = new LruMap<string, Session>(10_000);
+  private closed = false;
+
+  private constructor(
+    private readonly client: MongoClient,
+    private readonly db: Db,
+    private readonly options: GridFsCarveStoreOptions,
+  ) {
+    const b = options.bucket;
+    this.sessions = db.collection<SessionDoc>(`${b}.sessions`);
+    this.chunks = db.collection<ChunkDoc>(`${b}.chunks`);
+    this.files = db.collection<FileDoc>(`${b}.files`);
+    this.audit = db.collection<AuditDoc>(`${b}.audit`);
+    this.gridfs = new GridFSBucket(db, { bucketName: b });
+    this.now = options.now ?? (() => new Date());
+    this.completionWaitMs = options.completionWaitMs ?? 10_000;
+    this.staleCompletionMs = options.staleCompletionMs ?? 60_000;
+    this.logger = options.logger;
+  }
+
+  /**
+   * Connects and creates every index the store relies on (the driver's lazy index creation swallows
+   * errors, so it is not relied upon).
+   * @throws Error when MongoDB cannot be reached or an index cannot be created.
+   */
+  static async create(options: GridFsCarveStoreOptions): Promise<GridFsCarveStore> {
+    const client = new MongoClient(options.uri, {
+      serverSelectionTimeoutMS: options.serverSelectionTimeoutMs ?? 5_000,
+      // Block requests must fail within osquery's 16 s deadline, so the agent retries instead of hanging.
+      connectTimeoutMS: 5_000,
+      appName: "osquery-carve-server",
+    });
+    try {
+      await client.connect();
+      const store = new GridFsCarveStore(client, client.db(options.database), options);
+      await store.ensureIndexes();
+      return store;
+    } catch (err) {
+      await client.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async ensureIndexes(): Promise<void> {
+    await this.sessions.createIndexes([
+      { key: { sessionId: 1 }, name: "sessionId_unique", unique: true },
+      { key: { status: 1, updatedAt: 1 }, name: "status_updatedAt" },
+      { key: { createdAt: -1, _id: 1 }, name: "createdAt_desc" },
+    ]);
+    // The GridFS specification's own indexes, so any GridFS tool finds what it expects.
+    await this.chunks.createIndexes([{ key: { files_id: 1, n: 1 }, name: "files_id_1_n_1", unique: true }]);
+    await this.files.createIndexes([{ key: { filename: 1, uploadDate: 1 }, name: "filename_1_uploadDate_1" }]);
+    await this.audit.createIndexes([
+      { key: { at: -1, _id: -1 }, name: "at_desc" },
+      { key: { carveId: 1, at: -1 }, name: "carveId_at" },
+    ]);
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new AppError("STORAGE_UNAVAILABLE", "store is closed");
+  }
+
+  private static sessionOf(doc: SessionDoc): Session {
+    return {
+      sessionId: doc.sessionId,
+      carveId: doc._id,
+      requestId: doc.requestId,
+      nodeKey: doc.nodeKey,
+      blockCount: doc.blockCount,
+      blockSize: doc.blockSize,
+      carveSize: doc.carveSize,
+      agent: {
+        address: doc.agent.address,
+        userAgent: doc.agent.userAgent,
+        certificate: doc.agent.certificate ? { ...doc.agent.certificate } : null,
+      },
+      createdAt: doc.createdAt,
+    };
+  }
+
+  private static recordOf(doc: SessionDoc): CarveRecord {
+    const complete = doc.status === "complete";
+    return {
+      ...GridFsCarveStore.sessionOf(doc),
+      status: complete ? "complete" : "receiving",
+      updatedAt: doc.updatedAt,
+      completedAt: doc.completedAt ?? null,
+      blocksReceived: doc.blocksReceived,
+      bytesReceived: doc.bytesReceived,
+      sha256: doc.sha256 ?? null,
+      compression: doc.compression ?? null,
+    };
+  }
+
+  private static chunkId(sessionId: string, n: number): string {
+    return `${sessionId}/${n}`;
+  }
+
+  // ---------------------------------------------------------------- sessions
+
+  async createSession(spec: SessionSpec, sessionId: string): Promise<CreateSessionResult> {
+    this.assertOpen();
+    if (!isSafeId(spec.carveId) || !isSafeId(sessionId)) throw new AppError("INVALID_START", "unsafe identifier");
+    const k = chunksPerBlock(spec.blockSize);
+    if (k === null) {
+      throw new AppError("INVALID_START", `block_size ${spec.blockSize} cannot be split into GridFS chunks`);
+    }
+    if (spec.blockCount > MAX_GRIDFS_BLOCKS) {
+      throw new AppError(
+        "INVALID_START",
+        `block_count ${spec.blockCount} > ${MAX_GRIDFS_BLOCKS} (use a larger --carver_block_size)`,
+      );
+    }
+    const now = this.now();
+    const doc: SessionDoc = {
+      _id: spec.carveId,
+      sessionId,
+      requestId: spec.requestId,
+      nodeKey: spec.nodeKey,
+      blockCount: spec.blockCount,
+      blockSize: spec.blockSize,
+      carveSize: spec.carveSize,
+      chunkSize: spec.blockSize / k,
+      chunksPerBlock: k,
+      agent: {
+        address: spec.agent.address,
+        userAgent: spec.agent.userAgent,
+        certificate: spec.agent.certificate ? { ...spec.agent.certificate } : null,
+      },
+      createdAt: now,
+      updatedAt: now,
+      status: "receiving",
+      completingSince: null,
+      deletingSince: null,
+      blocksReceived: 0,
+      bytesReceived: 0,
+      b: {},
+      sha256: null,
+      compression: null,
+      completedAt: null,
+    };
+    try {
+      await this.sessions.insertOne(doc);
+      const session = GridFsCarveStore.sessionOf(doc);
+      this.sessionCache.set(sessionId, session);
+      return { session, created: true };
+    } catch (err) {
+      if (!isDuplicateKey(err)) throw wrap(err, `create session for ${spec.carveId}`);
+    }
+    const existing = await this.sessions.findOne({ _id: spec.carveId }, NO_MARKERS).catch((e: unknown) => {
+      throw wrap(e, "read session");
+    });
+    if (!existing) throw new AppError("STORAGE_UNAVAILABLE", "session vanished while starting");
+    if (existing.status === "deleting") throw new AppError("CARVE_ID_CONFLICT", "the carve is being deleted");
+    return { session: GridFsCarveStore.sessionOf(existing), created: false };
+  }
+
+  async findSession(sessionId: string): Promise<Session> {
+    this.assertOpen();
+    const cached = this.sessionCache.get(sessionId);
+    if (cached) return cached;
+    if (!isSafeId(sessionId)) throw new AppError("UNKNOWN_SESSION");
+    let doc: SessionDoc | null;
+    try {
+      doc = await this.sessions.findOne({ sessionId }, NO_MARKERS);
+    } catch (err) {
+      throw wrap(err, "find session");
+    }
+    if (!doc || doc.status === "deleting") throw new AppError("UNKNOWN_SESSION");
+    const session = GridFsCarveStore.sessionOf(doc);
+    this.sessionCache.set(sessionId, session);
+    return session;
+  }
+
+  // ---------------------------------------------------------------- blocks
+
+  async putBlock(session: Session, blockId: number, data: Buffer): Promise<PutBlockResult> {
+    this.assertOpen();
+    if (!Number.isInteger(blockId) || blockId < 0 || blockId >= session.blockCount) {
+      throw new AppError("BLOCK_OUT_OF_RANGE");
+    }
+    if (data.length !== expectedBlockLength(session, blockId)) throw new AppError("BLOCK_LENGTH_MISMATCH");
+    const k = chunksPerBlock(session.blockSize);
+    if (k === null) throw new AppError("INVALID_BLOCK", "block size not storable");
+    const chunkSize = session.blockSize / k;
+    try {
+      // 1. The bytes: chunk documents, idempotent by key; a re-send must be byte-identical.
+      for (let i = 0; i * chunkSize < data.length; i++) {
+        const piece = data.subarray(i * chunkSize, Math.min((i + 1) * chunkSize, data.length));
+        const n = blockId * k + i;
+        const _id = GridFsCarveStore.chunkId(session.sessionId, n);
+        try {
+          await this.chunks.insertOne({ _id, files_id: session.sessionId, n, data: new Binary(piece) });
+        } catch (err) {
+          if (!isDuplicateKey(err)) throw err;
+          const stored = await this.chunks.findOne({ _id });
+          if (!stored || !bytesOf(stored.data).equals(piece)) throw new AppError("BLOCK_CONFLICT");
+        }
+      }
+      // 2. The marker and the counters, in one conditional update: counted once, by whoever gets there.
+      const marker = `b.r${blockId}`;
+      const marked = await this.sessions.findOneAndUpdate(
+        {
+          _id: session.carveId,
+          sessionId: session.sessionId,
+          status: "receiving",
+          [marker]: { $exists: false },
+        } as Filter<SessionDoc>,
+        {
+          $set: { [marker]: 1, updatedAt: this.now() },
+          $inc: { blocksReceived: 1, bytesReceived: data.length },
+        },
+        { returnDocument: "after", projection: { b: 0 } },
+      );
+      if (marked) {
+        if (marked.blocksReceived < marked.blockCount) return { duplicate: false, complete: false, completedNow: false };
+        const completedNow = await this.ensureComplete(session);
+        return { duplicate: false, complete: true, completedNow };
+      }
+      const current = await this.sessions.findOne({ _id: session.carveId, sessionId: session.sessionId }, NO_MARKERS);
+      if (!current || current.status === "deleting") throw new AppError("UNKNOWN_SESSION");
+      if (current.status === "complete") return { duplicate: true, complete: true, completedNow: false };
+      if (current.blocksReceived >= current.blockCount) {
+        // Every block is marked but the completion is not done (in progress elsewhere, or its process died).
+        const completedNow = await this.ensureComplete(session);
+        return { duplicate: true, complete: true, completedNow };
+      }
+      return { duplicate: true, complete: false, completedNow: false };
+    } catch (err) {
+      if (err instanceof AppError) throw err;
+      throw wrap(err, `store block ${blockId} of ${session.carveId}`);
+    }
+  }
+
+  /**
+   * Makes sure a carve whose every block is marked gets completed: claims the completion or waits for the
+   * process that holds the claim; takes over a stale claim. Returns whether THIS call completed it.
+   */
+  private async ensureComplete(session: Session): Promise<boolean> {
+    const deadline = Date.now() + this.completionWaitMs;
+    const key = { _id: session.carveId, sessionId: session.sessionId };
+    for (;;) {
+      const claimedAt = this.now();
+      const claim = await this.sessions.updateOne(
+        { ...key, status: "receiving", blocksReceived: session.blockCount },
+        { $set: { status: "completing", completingSince: claimedAt } },
+      );
+      if (claim.modifiedCount === 1) return this.finalizeClaimed(session, claimedAt);
+      const current = await this.sessions.findOne(key, NO_MARKERS);
+      if (!current || current.status === "deleting") throw new AppError("UNKNOWN_SESSION");
+      if (current.status === "complete") return false;
+      if (
+        current.status === "completing" &&
+        current.completingSince &&
+        this.now().getTime() - current.completingSince.getTime() > this.staleCompletionMs
+      ) {
+        const takeoverAt = this.now();
+        const takeover = await this.sessions.updateOne(
+          { ...key, status: "completing", completingSince: current.completingSince },
+          { $set: { completingSince: takeoverAt } },
+        );
+        if (takeover.modifiedCount === 1) {
+          this.logger.warn({ carveId: session.carveId }, "taking over a completion abandoned by another process");
+          return this.finalizeClaimed(session, takeoverAt);
+        }
+      }
+      if (Date.now() > deadline) {
+        throw new AppError("STORAGE_UNAVAILABLE", "completion in progress elsewhere, retry");
+      }
+      await sleep(25);
+    }
+  }
+
+  private async finalizeClaimed(session: Session, claimedAt: Date): Promise<true> {
+    try {
+      await this.finalize(session);
+      return true;
+    } catch (err) {
+      // Give the claim back so the next block re-send (or another process) retries at once.
+      await this.sessions
+        .updateOne(
+          { _id: session.carveId, sessionId: session.sessionId, status: "completing", completingSince: claimedAt },
+          { $set: { status: "receiving", completingSince: null } },
+        )
+        .catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Hashes the stored chunks in order, writes the GridFS files document, marks the carve complete. */
+  private async finalize(session: Session): Promise<void> {
+    const k = chunksPerBlock(session.blockSize) ?? 1;
+    const chunkSize = session.blockSize / k;
+    const totalChunks = Math.ceil(session.carveSize / chunkSize);
+    const perBatch = Math.max(1, Math.floor(HASH_BATCH_BYTES / chunkSize));
+    const hash = createHash("sha256");
+    let head = Buffer.alloc(0);
+    for (let first = 0; first < totalChunks; first += perBatch) {
+      const ids: string[] = [];
+      for (let n = first; n < Math.min(first + perBatch, totalChunks); n++) {
+        ids.push(GridFsCarveStore.chunkId(session.sessionId, n));
+      }
+      const docs = await this.chunks.find({ _id: { $in: ids } }).toArray();
+      const byN = new Map(docs.map((d) => [d.n, d]));
+      for (let n = first; n < first + ids.length; n++) {
+        const doc = byN.get(n);
+        const expected = n < totalChunks - 1 ? chunkSize : session.carveSize - (totalChunks - 1) * chunkSize;
+        if (!doc || doc.data.position !== expected) {
+          throw new Error(`chunk ${n} of ${session.carveId} is missing or has the wrong size`);
+        }
+        const bytes = bytesOf(doc.data);
+        if (n === 0) head = Buffer.from(bytes.subarray(0, 4));
+        hash.update(bytes);
+      }
+    }
+    const sha256 = hash.digest("hex");
+    const compression = detectCompression(head);
+    const completedAt = this.now();
+    const file: FileDoc = {
+      _id: session.sessionId,
+      length: session.carveSize,
+      chunkSize,
+      uploadDate: completedAt,
+      filename: `${session.carveId}${archiveExtension(compression)}`,
+      metadata: {
+        carve_id: session.carveId,
+        request_id: session.requestId,
+        session_id: session.sessionId,
+        // The node key is osquery's enrollment secret: GridFS tools show metadata, so only a digest here.
+        node_key_sha256: session.nodeKey ? createHash("sha256").update(session.nodeKey).digest("hex") : null,
+        agent_address: session.agent.address,
+        agent_user_agent: session.agent.userAgent,
+        certificate_subject: session.agent.certificate?.subjectDn ?? null,
+        certificate_sha256: session.agent.certificate?.fingerprintSha256 ?? null,
+        sha256,
+        compression,
+        block_size: session.blockSize,
+        block_count: session.blockCount,
+        created_at: session.createdAt,
+        completed_at: completedAt,
+      },
+    };
+    try {
+      await this.files.insertOne(file);
+    } catch (err) {
+      // Inserted by an earlier completion of this carve that died before marking it complete.
+      if (!isDuplicateKey(err)) throw err;
+    }
+    await this.sessions.updateOne(
+      { _id: session.carveId, sessionId: session.sessionId, status: "completing" },
+      { $set: { status: "complete", sha256, compression, completedAt, completingSince: null }, $unset: { b: "" } },
+    );
+    this.logger.info(
+      { carveId: session.carveId, sha256, compression, carveSize: session.carveSize, blockCount: session.blockCount },
+      "carve complete",
+    );
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  private async liveDoc(carveId: string, withMarkers = false): Promise<SessionDoc> {
+    this.assertOpen();
+    if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
+    let doc: SessionDoc | null;
+    try {
+      doc = await this.sessions.findOne({ _id: carveId }, withMarkers ? {} : NO_MARKERS);
+    } catch (err) {
+      throw wrap(err, `read carve ${carveId}`);
+    }
+    if (!doc || doc.status === "deleting") throw new AppError("CARVE_NOT_FOUND");
+    return doc;
+  }
+
+  async getCarve(carveId: string): Promise<CarveRecord> {
+    return GridFsCarveStore.recordOf(await this.liveDoc(carveId));
+  }
+
+  async missingBlocks(carveId: string, limit: number): Promise<number[]> {
+    const doc = await this.liveDoc(carveId, true);
+    if (doc.status === "complete") return [];
+    const marks = doc.b ?? {};
+    const out: number[] = [];
+    for (let i = 0; i < doc.blockCount && out.length < limit; i++) if (marks[`r${i}`] === undefined) out.push(i);
+    return out;
+  }
+
+  async listCarves(query: ListQuery): Promise<ListPage> {
+    this.assertOpen();
+    const after = query.cursor ? decodeCursor(query.cursor) : null;
+    const and: Array<Filter<SessionDoc>> = [];
+    and.push(
+      query.status === "complete"
+        ? { status: "complete" }
+        : query.status === "receiving"
+          ? { status: { $in: ["receiving", "completing"] } }
+          : { status: { $ne: "deleting" } },
+    );
+    if (query.nodeKey !== undefined) and.push({ nodeKey: query.nodeKey });
+    if (query.since) and.push({ createdAt: { $gte: query.since } });
+    if (query.until) and.push({ createdAt: { $lt: query.until } });
+    if (after) {
+      const t = new Date(after.t);
+      and.push({ $or: [{ createdAt: { $lt: t } }, { createdAt: t, _id: { $gt: after.id } }] });
+    }
+    try {
+      const docs = await this.sessions
+        .find({ $and: and }, NO_MARKERS)
+        .sort({ createdAt: -1, _id: 1 })
+        .limit(query.limit + 1)
+        .toArray();
+      const page = docs.slice(0, query.limit).map((d) => GridFsCarveStore.recordOf(d));
+      const last = page[page.length - 1];
+      return { carves: page, nextCursor: docs.length > query.limit && last ? encodeCursor(last) : null };
+    } catch (err) {
+      throw wrap(err, "list carves");
+    }
+  }
+
+  async openArchive(carveId: string, range?: ByteRange): Promise<ArchiveHandle> {
+    const doc = await this.liveDoc(carveId);
+    if (doc.status !== "complete") throw new AppError("CARVE_NOT_COMPLETE");
+    // GridFS `end` is exclusive; ours is inclusive like HTTP ranges.
+    const stream = this.gridfs.openDownloadStream(
+      // Our files documents use the session id (a string) as _id; the driver types ids as ObjectId only.
+      doc.sessionId as unknown as ObjectId,
+      range ? { start: range.start, end: range.end + 1 } : {},
+    );
+    return { record: GridFsCarveStore.recordOf(doc), stream };
+  }
+
+  // ---------------------------------------------------------------- deletion
+
+  async deleteCarve(carveId: string): Promise<{ bytesFreed: number }> {
+    this.assertOpen();
+    if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
+    try {
+      const doc = await this.sessions.findOne({ _id: carveId }, NO_MARKERS);
+      if (!doc) throw new AppError("CARVE_NOT_FOUND");
+      // Step 1 makes the carve invisible to every process; the rest frees space and can be redone.
+      if (doc.status !== "deleting") {
+        await this.sessions.updateOne(
+          { _id: carveId, status: doc.status },
+          { $set: { status: "deleting", deletingSince: this.now() } },
+        );
+      }
+      this.sessionCache.delete(doc.sessionId);
+      await this.files.deleteOne({ _id: doc.sessionId });
+      await this.chunks.deleteMany({ files_id: doc.sessionId });
+      await this.sessions.deleteOne({ _id: carveId, status: "deleting" });
+      const bytesFreed = doc.status === "complete" ? doc.carveSize : doc.bytesReceived;
+      this.logger.info({ carveId, bytesFreed }, "carve deleted");
+      return { bytesFreed };
+    } catch (err) {
+      throw wrap(err, `delete ${carveId}`);
+    }
+  }
+
+  // ---------------------------------------------------------------- audit
+
+  async appendAudit(event: AuditEvent): Promise<void> {
+    this.assertOpen();
+    const { id, ...rest } = event;
+    try {
+      await this.audit.insertOne({ _id: id, ...rest });
+    } catch (err) {
+      throw wrap(err, "append audit event");
+    }
+  }
+
+  async listAudit(query: AuditQuery): Promise<AuditPage> {
+    this.assertOpen();
+    const after = query.cursor ? decodeCursor(query.cursor) : null;
+    const and: Array<Filter<AuditDoc>> = [{}];
+    if (query.carveId !== undefined) and.push({ carveId: query.carveId });
+    if (query.action !== undefined) and.push({ action: query.action });
+    if (query.since) and.push({ at: { $gte: query.since } });
+    if (query.until) and.push({ at: { $lt: query.until } });
+    if (after) {
+      const t = new Date(after.t);
+      and.push({ $or: [{ at: { $lt: t } }, { at: t, _id: { $lt: after.id } }] });
+    }
+    try {
+      const docs = await this.audit
+        .find({ $and: and })
+        .sort({ at: -1, _id: -1 })
+        .limit(query.limit + 1)
+        .toArray();
+      const events: AuditEvent[] = docs.slice(0, query.limit).map(({ _id, ...rest }) => ({ id: _id, ...rest }));
+      const last = events[events.length - 1];
+      return { events, nextCursor: docs.length > query.limit && last ? encodeAuditCursor(last) : null };
+    } catch (err) {
+      throw wrap(err, "list audit events");
+    }
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  async health(): Promise<StoreHealth> {
+    const detail: Record<string, string | number | boolean | null> = {
+      database: this.options.database,
+      bucket: this.options.bucket,
+    };
+    try {
+      this.assertOpen();
+      const started = Date.now();
+      const abort = new AbortController();
+      try {
+        await Promise.race([
+          this.db.command({ ping: 1 }),
+          sleep(3_000, undefined, { signal: abort.signal }).then(
+            () => {
+              throw new Error("ping timed out");
+            },
+            () => undefined, // aborted: the ping answered first
+          ),
+        ]);
+      } finally {
+        abort.abort();
+      }
+      detail.pingMs = Date.now() - started;
+      return { ok: true, backend: this.backend, detail };
+    } catch (err) {
+      detail.error = err instanceof Error ? err.name : "unknown";
+      return { ok: false, backend: this.backend, detail };
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.client.close();
+  }
+}
