@@ -29,6 +29,16 @@ export const ERROR_CODES = {
   INVALID_QUERY: { status: 400, message: "invalid query" },
   CARVE_NOT_FOUND: { status: 404, message: "no such carve" },
   CARVE_NOT_COMPLETE: { status: 409, message: "carve is not complete" },
+  CARVE_ON_HOLD: { status: 409, message: "carve is under legal hold" },
+  // responder API: authorization (Vault)
+  TOKEN_MISSING: { status: 401, message: "no Vault token: send it in X-Vault-Token or Authorization: Bearer" },
+  TOKEN_INVALID: { status: 401, message: "Vault token is invalid, expired or revoked" },
+  ACCESS_DENIED: { status: 403, message: "the Vault token does not grant this action" },
+  VAULT_UNAVAILABLE: { status: 503, message: "Vault is unreachable, sealed or too slow; try again later" },
+  VAULT_NOT_CONFIGURED: { status: 503, message: "responder API disabled: no Vault address configured (VAULT_ADDR)" },
+  // responder API: archives
+  RANGE_NOT_SATISFIABLE: { status: 416, message: "requested byte range lies outside the archive" },
+  ARCHIVE_NOT_TAR: { status: 422, message: "the carve's archive is not a readable tar" },
   // server side
   STORAGE_UNAVAILABLE: { status: 503, message: "storage temporarily unavailable" },
   SHUTTING_DOWN: { status: 503, message: "service is shutting down" },

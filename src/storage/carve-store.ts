@@ -74,6 +74,28 @@ export interface Session extends SessionSpec {
 }
 
 export type CarveStatus = "receiving" | "complete";
+
+/** A legal hold exempts a carve from retention and from deletion until it is lifted. */
+export interface LegalHold {
+  by: string;
+  reason: string;
+  at: Date;
+}
+
+/** What retention may delete: complete carves completed before, receiving carves idle since before. */
+export interface ExpiryCriteria {
+  completedBefore: Date;
+  idleBefore: Date;
+  /** Deletions begun before this instant and never finished (their process died) are finished. */
+  staleDeleteBefore: Date;
+}
+
+export interface ExpiryCandidate {
+  carveId: string;
+  reason: "retention" | "abandoned" | "unfinished-delete";
+  /** Carve bytes it holds (carve_size when complete, bytes received otherwise). */
+  bytes: number;
+}
 export type Compression = "zstd" | "none";
 
 export interface CarveRecord extends Session {
@@ -86,6 +108,7 @@ export interface CarveRecord extends Session {
   /** SHA-256 (hex) of the whole uploaded archive, set at completion. */
   sha256: string | null;
   compression: Compression | null;
+  hold: LegalHold | null;
 }
 
 export interface PutBlockResult {
@@ -192,9 +215,18 @@ export interface CarveStore {
    * Deletes a carve and everything it owns (archive, blocks, session state). From the first step on the
    * carve is invisible (CARVE_NOT_FOUND / UNKNOWN_SESSION); a delete interrupted by a crash is finished by
    * the next deleteCarve of the same id. Returns the bytes of carve data freed.
-   * @throws AppError CARVE_NOT_FOUND
+   * With `onlyIfExpired`, the expiry is re-checked atomically with the delete (a block that arrived since
+   * the carve was selected, or a hold placed meanwhile, keeps it): `deleted: false` then. Several processes
+   * deleting one carve at once: exactly one gets `deleted: true`.
+   * @throws AppError CARVE_NOT_FOUND, CARVE_ON_HOLD (unconditional delete of a held carve)
    */
-  deleteCarve(carveId: string): Promise<{ bytesFreed: number }>;
+  deleteCarve(carveId: string, options?: { onlyIfExpired?: ExpiryCriteria }): Promise<{ deleted: boolean; bytesFreed: number }>;
+
+  /** Up to `limit` carves retention may delete now (never held ones), oldest first where it matters. */
+  findExpired(criteria: ExpiryCriteria, limit: number): Promise<ExpiryCandidate[]>;
+
+  /** Places (hold) or lifts (null) a legal hold. @throws AppError CARVE_NOT_FOUND */
+  setHold(carveId: string, hold: LegalHold | null): Promise<CarveRecord>;
 
   /** Records an audit event durably. */
   appendAudit(event: AuditEvent): Promise<void>;

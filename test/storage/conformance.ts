@@ -13,6 +13,10 @@ export interface StoreHarness {
   open(options?: { now?: () => Date }): Promise<CarveStore>;
   /** Removes the storage. */
   destroy(): Promise<void>;
+  /** Leaves `carveId` as a crash right after the first step of a delete would (marked, nothing removed). */
+  interruptDelete(carveId: string, at: Date): Promise<void>;
+  /** Names of whatever the backend still holds for any carve (files, documents); [] when empty. */
+  leftovers(): Promise<string[]>;
 }
 
 async function expectCode(promise: Promise<unknown>, code: ErrorCode): Promise<void> {
@@ -340,7 +344,7 @@ export function carveStoreConformance(name: string, makeHarness: () => Promise<S
         const carve = makeCarve({ size: 3000, blockSize: 1000 });
         await upload(store, carve);
         const record = await store.getCarve(carve.spec.carveId);
-        expect(await store.deleteCarve(carve.spec.carveId)).toEqual({ bytesFreed: 3000 });
+        expect(await store.deleteCarve(carve.spec.carveId)).toEqual({ deleted: true, bytesFreed: 3000 });
         await expectCode(store.getCarve(carve.spec.carveId), "CARVE_NOT_FOUND");
         await expectCode(store.openArchive(carve.spec.carveId), "CARVE_NOT_FOUND");
         await expectCode(store.findSession(record.sessionId), "UNKNOWN_SESSION");
@@ -352,7 +356,7 @@ export function carveStoreConformance(name: string, makeHarness: () => Promise<S
         const carve = makeCarve({ size: 3000, blockSize: 1000 });
         const { session } = await store.createSession(carve.spec, "delrecv1");
         await store.putBlock(session, 0, carve.blocks[0] as Buffer);
-        expect(await store.deleteCarve(carve.spec.carveId)).toEqual({ bytesFreed: 1000 });
+        expect(await store.deleteCarve(carve.spec.carveId)).toEqual({ deleted: true, bytesFreed: 1000 });
         await expectCode(store.putBlock(session, 1, carve.blocks[1] as Buffer), "UNKNOWN_SESSION");
         await expectCode(store.missingBlocks(carve.spec.carveId, 5), "CARVE_NOT_FOUND");
         const again = await store.createSession(carve.spec, "delrecv2");
@@ -368,6 +372,114 @@ export function carveStoreConformance(name: string, makeHarness: () => Promise<S
         await upload(store, b);
         await store.deleteCarve(a.spec.carveId);
         expect((await archiveBytes(store, b.spec.carveId)).equals(b.bytes)).toBe(true);
+      });
+    });
+
+    describe("retention support", () => {
+      const DAY = 86_400_000;
+      let t: number;
+      const criteria = (now: number, days = 30, idleMs = 6 * 3_600_000) => ({
+        completedBefore: new Date(now - days * DAY),
+        idleBefore: new Date(now - idleMs),
+        staleDeleteBefore: new Date(now - 600_000),
+      });
+
+      beforeEach(async () => {
+        await store.close();
+        t = Date.parse("2026-05-01T00:00:00Z");
+        store = await harness.open({ now: () => new Date(t) });
+      });
+
+      it("expires complete carves strictly after the retention period and abandoned ones after idling", async () => {
+        const done = makeCarve({ size: 2000, blockSize: 1000 });
+        await upload(store, done); // completed at t0
+        const t0 = t;
+        const idle = makeCarve({ size: 3000, blockSize: 1000 });
+        const { session } = await store.createSession(idle.spec, "retidle1");
+        await store.putBlock(session, 0, idle.blocks[0] as Buffer); // last activity at t0
+        // exactly at the limits: nothing goes
+        expect(await store.findExpired(criteria(t0 + 30 * DAY, 30, 30 * DAY), 10)).toEqual([]);
+        // one millisecond past them: both go, oldest first, with their sizes
+        const expired = await store.findExpired(criteria(t0 + 30 * DAY + 1, 30, 30 * DAY), 10);
+        expect(expired).toHaveLength(2);
+        expect(expired).toEqual(
+          expect.arrayContaining([
+            { carveId: done.spec.carveId, reason: "retention", bytes: 2000 },
+            { carveId: idle.spec.carveId, reason: "abandoned", bytes: 1000 },
+          ]),
+        );
+        expect(await store.findExpired(criteria(t0 + 30 * DAY + 1, 30, 30 * DAY), 1)).toHaveLength(1);
+      });
+
+      it("never expires a carve that received a block after it was selected", async () => {
+        const carve = makeCarve({ size: 3000, blockSize: 1000 });
+        const { session } = await store.createSession(carve.spec, "retlive1");
+        await store.putBlock(session, 0, carve.blocks[0] as Buffer);
+        t += 7 * 3_600_000;
+        const c = criteria(t);
+        expect((await store.findExpired(c, 10)).map((x) => x.carveId)).toEqual([carve.spec.carveId]);
+        await store.putBlock(session, 1, carve.blocks[1] as Buffer); // the agent was alive after all
+        expect(await store.deleteCarve(carve.spec.carveId, { onlyIfExpired: c })).toEqual({ deleted: false, bytesFreed: 0 });
+        await store.putBlock(session, 2, carve.blocks[2] as Buffer);
+        expect((await store.getCarve(carve.spec.carveId)).sha256).toBe(sha256(carve.bytes));
+      });
+
+      it("counts a carve deleted by concurrent retention runs once", async () => {
+        const carve = makeCarve({ size: 2000, blockSize: 1000 });
+        await upload(store, carve);
+        t += 31 * DAY;
+        const c = criteria(t);
+        const results = await Promise.all(
+          Array.from({ length: 4 }, () => store.deleteCarve(carve.spec.carveId, { onlyIfExpired: c }).catch(() => ({ deleted: false, bytesFreed: 0 }))),
+        );
+        expect(results.filter((r) => r.deleted)).toEqual([{ deleted: true, bytesFreed: 2000 }]);
+        expect(await harness.leftovers()).toEqual([]);
+      });
+
+      it("exempts held carves from retention and from deletion until the hold is lifted", async () => {
+        const carve = makeCarve({ size: 2000, blockSize: 1000 });
+        await upload(store, carve);
+        const hold = { by: "alice", reason: "case 42", at: new Date(t) };
+        const record = await store.setHold(carve.spec.carveId, hold);
+        expect(record.hold).toEqual(hold);
+        expect((await store.getCarve(carve.spec.carveId)).hold).toEqual(hold);
+        t += 365 * DAY;
+        const c = criteria(t);
+        expect(await store.findExpired(c, 10)).toEqual([]);
+        expect(await store.deleteCarve(carve.spec.carveId, { onlyIfExpired: c })).toEqual({ deleted: false, bytesFreed: 0 });
+        await expectCode(store.deleteCarve(carve.spec.carveId), "CARVE_ON_HOLD");
+        expect((await store.setHold(carve.spec.carveId, null)).hold).toBeNull();
+        expect((await store.findExpired(c, 10)).map((x) => x.carveId)).toEqual([carve.spec.carveId]);
+        await expectCode(store.setHold(randomUUID(), hold), "CARVE_NOT_FOUND");
+      });
+
+      it("finishes a delete interrupted by a crash, and only once it is stale", async () => {
+        const carve = makeCarve({ size: 2000, blockSize: 1000 });
+        await upload(store, carve);
+        await store.close(); // the process dies right after the first step of a delete...
+        await harness.interruptDelete(carve.spec.carveId, new Date(t));
+        store = await harness.open({ now: () => new Date(t) }); // ...and a new one starts
+        await expectCode(store.getCarve(carve.spec.carveId), "CARVE_NOT_FOUND");
+        expect((await store.listCarves({ limit: 10 })).carves).toEqual([]);
+        expect(await store.findExpired(criteria(t), 10)).toEqual([]); // maybe still running elsewhere
+        t += 3_600_000;
+        const c = criteria(t);
+        expect(await store.findExpired(c, 10)).toEqual([{ carveId: carve.spec.carveId, reason: "unfinished-delete", bytes: 0 }]);
+        expect((await store.deleteCarve(carve.spec.carveId, { onlyIfExpired: c })).deleted).toBe(true);
+        expect(await harness.leftovers()).toEqual([]);
+        await expectCode(store.deleteCarve(carve.spec.carveId, { onlyIfExpired: c }), "CARVE_NOT_FOUND");
+      });
+
+      it("leaves nothing behind when carves are deleted", async () => {
+        const a = makeCarve({ size: 3000, blockSize: 1000 });
+        const b = makeCarve({ size: 3000, blockSize: 1000 });
+        await upload(store, a);
+        const { session } = await store.createSession(b.spec, "retleft1");
+        await store.putBlock(session, 2, b.blocks[2] as Buffer);
+        expect((await harness.leftovers()).length).toBeGreaterThan(0);
+        await store.deleteCarve(a.spec.carveId);
+        await store.deleteCarve(b.spec.carveId);
+        expect(await harness.leftovers()).toEqual([]);
       });
     });
 

@@ -17,6 +17,24 @@ carveStoreConformance("gridfs", () => {
         logger: pino({ level: "silent" }),
         ...(options?.now ? { now: options.now } : {}),
       }),
+    interruptDelete: async (carveId, at) => {
+      const client = await MongoClient.connect(uri);
+      await client
+        .db(database)
+        .collection("carves.sessions")
+        .updateOne({ _id: carveId as never }, { $set: { status: "deleting", deletingSince: at } });
+      await client.close();
+    },
+    leftovers: async () => {
+      const client = await MongoClient.connect(uri);
+      const out: string[] = [];
+      for (const name of ["carves.sessions", "carves.chunks", "carves.files"]) {
+        const docs = await client.db(database).collection(name).find({}, { projection: { _id: 1 } }).toArray();
+        out.push(...docs.map((d) => `${name}/${String(d._id)}`));
+      }
+      await client.close();
+      return out;
+    },
     destroy: async () => {
       const client = await MongoClient.connect(uri);
       await client.db(database).dropDatabase();

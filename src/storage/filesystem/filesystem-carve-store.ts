@@ -24,6 +24,9 @@ import type {
   CarveStore,
   Compression,
   CreateSessionResult,
+  ExpiryCandidate,
+  ExpiryCriteria,
+  LegalHold,
   ListPage,
   ListQuery,
   PutBlockResult,
@@ -83,6 +86,8 @@ interface MetaFile {
   completedAt: string | null;
   sha256: string | null;
   compression: Compression | null;
+  hold?: { by: string; reason: string; at: string } | null;
+  deletingSince?: string | null;
 }
 
 interface Completion {
@@ -104,6 +109,7 @@ class ActiveCarve {
   hash: Hash = createHash("sha256");
   hashedBlocks = 0;
   completion: Completion | null;
+  hold: LegalHold | null = null;
   /** Dropped from memory (evicted, or memory may disagree with disk after an I/O error): reload. */
   stale = false;
 
@@ -303,6 +309,10 @@ export class FilesystemCarveStore implements CarveStore {
     };
   }
 
+  private static holdOf(meta: MetaFile): LegalHold | null {
+    return meta.hold ? { by: meta.hold.by, reason: meta.hold.reason, at: new Date(meta.hold.at) } : null;
+  }
+
   private static completionOf(meta: MetaFile): Completion | null {
     if (meta.status !== "complete" || !meta.completedAt || !meta.sha256 || !meta.compression) return null;
     return { completedAt: new Date(meta.completedAt), sha256: meta.sha256, compression: meta.compression };
@@ -424,6 +434,7 @@ export class FilesystemCarveStore implements CarveStore {
     const meta = await this.readMeta(carveId);
     if (!meta) throw new AppError("CARVE_NOT_FOUND");
     const carve = new ActiveCarve(FilesystemCarveStore.sessionOf(meta), FilesystemCarveStore.completionOf(meta));
+    carve.hold = FilesystemCarveStore.holdOf(meta);
     if (!carve.completion) {
       await this.replayJournal(carve);
     }
@@ -724,6 +735,7 @@ export class FilesystemCarveStore implements CarveStore {
       bytesReceived: c ? carve.session.carveSize : carve.bytes,
       sha256: c?.sha256 ?? null,
       compression: c?.compression ?? null,
+      hold: carve.hold ? { ...carve.hold } : null,
     };
   }
 
@@ -784,37 +796,128 @@ export class FilesystemCarveStore implements CarveStore {
     }
   }
 
-  async deleteCarve(carveId: string): Promise<{ bytesFreed: number }> {
+  async deleteCarve(
+    carveId: string,
+    options: { onlyIfExpired?: ExpiryCriteria } = {},
+  ): Promise<{ deleted: boolean; bytesFreed: number }> {
     this.assertOpen();
     if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
-    const meta = await this.readMetaRaw(carveId);
-    if (!meta) throw new AppError("CARVE_NOT_FOUND");
-    // Counted as carve data (what agents sent), the same figure on every backend; a data.part file is
-    // sparse, so its size would not say it.
-    const bytesFreed =
-      meta.status === "complete" ? meta.carveSize : meta.status === "receiving" ? (await this.peekCarve(carveId)).bytes : 0;
-    const run = async (): Promise<{ bytesFreed: number }> => {
+    const first = await this.readMetaRaw(carveId);
+    if (!first) throw new AppError("CARVE_NOT_FOUND");
+    if (first.status === "deleting") {
+      const since = first.deletingSince ? Date.parse(first.deletingSince) : 0;
+      if (options.onlyIfExpired && since >= options.onlyIfExpired.staleDeleteBefore.getTime()) {
+        return { deleted: false, bytesFreed: 0 }; // another deletion is under way right now
+      }
+      return { deleted: true, bytesFreed: await this.removeCarveFiles(first, 0) };
+    }
+    // Through the carve's mutex: no block write can land between the expiry check and the delete.
+    const carve = await this.activeCarve(carveId);
+    return carve.mutex.run(async () => {
+      const meta = await this.readMetaRaw(carveId);
+      if (!meta || meta.status === "deleting") {
+        if (options.onlyIfExpired) return { deleted: false, bytesFreed: 0 };
+        throw new AppError("CARVE_NOT_FOUND");
+      }
+      if (meta.hold) {
+        if (options.onlyIfExpired) return { deleted: false, bytesFreed: 0 };
+        throw new AppError("CARVE_ON_HOLD");
+      }
+      const criteria = options.onlyIfExpired;
+      if (criteria) {
+        const expired = carve.completion
+          ? carve.completion.completedAt < criteria.completedBefore
+          : carve.lastBlockAt < criteria.idleBefore;
+        if (!expired) return { deleted: false, bytesFreed: 0 };
+      }
+      const bytes = carve.completion ? carve.session.carveSize : carve.bytes;
       try {
-        // Step 1 makes the carve invisible everywhere (reads, new blocks, listings); the rest only frees space.
-        if (meta.status !== "deleting") await this.replaceMeta({ ...meta, status: "deleting" });
-        const cached = this.active.get(carveId);
-        if (cached) this.forget(cached);
-        this.sessionCache.delete(meta.sessionId);
-        for (const file of [this.finalPath(carveId, "none"), this.finalPath(carveId, "zstd"), this.partPath(carveId)]) {
-          await fsp.rm(file, { force: true });
-        }
-        await fsp.rm(this.sessionDir(carveId), { recursive: true, force: true }); // journal included
-        await fsp.rm(this.p("index", meta.sessionId), { force: true });
-        await fsp.rm(this.metaPath(carveId), { force: true });
-        this.logger.info({ carveId, bytesFreed }, "carve deleted");
-        return { bytesFreed };
+        // Step 1 makes the carve invisible everywhere (reads, new blocks, listings); the rest frees space.
+        await this.replaceMeta({ ...meta, status: "deleting", deletingSince: this.now().toISOString() });
       } catch (err) {
         throw wrapIo(err, `delete ${carveId}`);
       }
-    };
-    const cached = this.active.get(carveId);
-    // Wait for any block being written to this carve, so no write lands after the files are gone.
-    return cached ? cached.mutex.run(run) : run();
+      this.forget(carve);
+      return { deleted: true, bytesFreed: await this.removeCarveFiles(meta, bytes) };
+    });
+  }
+
+  /** Everything a carve owns, meta last: an interrupted run is finished by the next delete. */
+  private async removeCarveFiles(meta: MetaFile, bytesFreed: number): Promise<number> {
+    const { carveId } = meta;
+    try {
+      this.sessionCache.delete(meta.sessionId);
+      for (const file of [this.finalPath(carveId, "none"), this.finalPath(carveId, "zstd"), this.partPath(carveId)]) {
+        await fsp.rm(file, { force: true });
+      }
+      await fsp.rm(this.sessionDir(carveId), { recursive: true, force: true }); // journal included
+      await fsp.rm(this.p("index", meta.sessionId), { force: true });
+      await fsp.rm(this.metaPath(carveId), { force: true });
+    } catch (err) {
+      throw wrapIo(err, `delete ${carveId}`);
+    }
+    this.logger.info({ carveId, bytesFreed }, "carve deleted");
+    return bytesFreed;
+  }
+
+  async findExpired(criteria: ExpiryCriteria, limit: number): Promise<ExpiryCandidate[]> {
+    this.assertOpen();
+    const found: Array<ExpiryCandidate & { age: number }> = [];
+    for (const name of await fsp.readdir(this.p("meta"))) {
+      if (!name.endsWith(".json")) continue;
+      const carveId = name.slice(0, -".json".length);
+      if (!isSafeId(carveId)) continue;
+      const meta = await this.readMetaRaw(carveId);
+      if (!meta) continue;
+      if (meta.status === "deleting") {
+        const since = meta.deletingSince ? Date.parse(meta.deletingSince) : 0;
+        if (since < criteria.staleDeleteBefore.getTime()) {
+          found.push({ carveId, reason: "unfinished-delete", bytes: 0, age: since });
+        }
+        continue;
+      }
+      if (meta.hold) continue;
+      if (meta.status === "complete") {
+        const at = Date.parse(meta.completedAt ?? meta.createdAt);
+        if (at < criteria.completedBefore.getTime()) {
+          found.push({ carveId, reason: "retention", bytes: meta.carveSize, age: at });
+        }
+        continue;
+      }
+      const lastActivity = await this.lastActivity(meta);
+      if (lastActivity < criteria.idleBefore.getTime()) {
+        found.push({ carveId, reason: "abandoned", bytes: (await this.peekCarve(carveId)).bytes, age: lastActivity });
+      }
+    }
+    found.sort((a, b) => a.age - b.age);
+    return found.slice(0, limit).map(({ age: _age, ...c }) => c);
+  }
+
+  private async lastActivity(meta: MetaFile): Promise<number> {
+    const active = this.active.get(meta.carveId);
+    if (active) return active.lastBlockAt.getTime();
+    try {
+      return (await fsp.stat(this.journalPath(meta.carveId))).mtime.getTime();
+    } catch {
+      return Date.parse(meta.createdAt);
+    }
+  }
+
+  async setHold(carveId: string, hold: LegalHold | null): Promise<CarveRecord> {
+    this.assertOpen();
+    if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
+    const carve = await this.activeCarve(carveId);
+    return carve.mutex.run(async () => {
+      const meta = await this.readMeta(carveId);
+      if (!meta) throw new AppError("CARVE_NOT_FOUND");
+      try {
+        await this.replaceMeta({ ...meta, hold: hold ? { by: hold.by, reason: hold.reason, at: hold.at.toISOString() } : null });
+      } catch (err) {
+        throw wrapIo(err, `set hold on ${carveId}`);
+      }
+      carve.hold = hold ? { ...hold } : null;
+      return this.recordOf(carve);
+    });
   }
 
   private readonly auditMutex = new Mutex();

@@ -21,6 +21,9 @@ import type {
   CarveStore,
   Compression,
   CreateSessionResult,
+  ExpiryCandidate,
+  ExpiryCriteria,
+  LegalHold,
   ListPage,
   ListQuery,
   PutBlockResult,
@@ -83,6 +86,7 @@ interface SessionDoc {
   sha256: string | null;
   compression: Compression | null;
   completedAt: Date | null;
+  hold: LegalHold | null;
 }
 
 interface ChunkDoc {
@@ -243,6 +247,7 @@ export class GridFsCarveStore implements CarveStore {
       bytesReceived: doc.bytesReceived,
       sha256: doc.sha256 ?? null,
       compression: doc.compression ?? null,
+      hold: doc.hold ? { by: doc.hold.by, reason: doc.hold.reason, at: doc.hold.at } : null,
     };
   }
 
@@ -292,6 +297,7 @@ export class GridFsCarveStore implements CarveStore {
       sha256: null,
       compression: null,
       completedAt: null,
+      hold: null,
     };
     try {
       await this.sessions.insertOne(doc);
@@ -584,29 +590,115 @@ export class GridFsCarveStore implements CarveStore {
 
   // ---------------------------------------------------------------- deletion
 
-  async deleteCarve(carveId: string): Promise<{ bytesFreed: number }> {
+  async deleteCarve(
+    carveId: string,
+    options: { onlyIfExpired?: ExpiryCriteria } = {},
+  ): Promise<{ deleted: boolean; bytesFreed: number }> {
     this.assertOpen();
     if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
+    const criteria = options.onlyIfExpired;
     try {
       const doc = await this.sessions.findOne({ _id: carveId }, NO_MARKERS);
       if (!doc) throw new AppError("CARVE_NOT_FOUND");
-      // Step 1 makes the carve invisible to every process; the rest frees space and can be redone.
-      if (doc.status !== "deleting") {
-        await this.sessions.updateOne(
-          { _id: carveId, status: doc.status },
-          { $set: { status: "deleting", deletingSince: this.now() } },
+      const now = this.now();
+      if (doc.status === "deleting") {
+        // Finish a deletion whose process died: claim it first, so concurrent finishers count it once.
+        if (criteria && (doc.deletingSince ?? new Date(0)) >= criteria.staleDeleteBefore) {
+          return { deleted: false, bytesFreed: 0 };
+        }
+        const claim = await this.sessions.updateOne(
+          { _id: carveId, status: "deleting", deletingSince: doc.deletingSince ?? null },
+          { $set: { deletingSince: now } },
         );
+        if (claim.modifiedCount !== 1) return { deleted: false, bytesFreed: 0 };
+        await this.removeCarveData(doc);
+        return { deleted: true, bytesFreed: 0 };
       }
-      this.sessionCache.delete(doc.sessionId);
-      await this.files.deleteOne({ _id: doc.sessionId });
-      await this.chunks.deleteMany({ files_id: doc.sessionId });
-      await this.sessions.deleteOne({ _id: carveId, status: "deleting" });
-      const bytesFreed = doc.status === "complete" ? doc.carveSize : doc.bytesReceived;
+      if (doc.hold && !criteria) throw new AppError("CARVE_ON_HOLD");
+      // Step 1, atomically with the (re-)check of expiry and hold: the carve becomes invisible to every
+      // process. A block stored since the carve was selected moved updatedAt and keeps it alive.
+      const filter: Filter<SessionDoc> = criteria
+        ? {
+            _id: carveId,
+            hold: null,
+            $or: [
+              { status: "complete", completedAt: { $lt: criteria.completedBefore } },
+              { status: "receiving", updatedAt: { $lt: criteria.idleBefore } },
+            ],
+          }
+        : { _id: carveId, hold: null, status: { $in: ["receiving", "completing", "complete"] } };
+      const before = await this.sessions.findOneAndUpdate(
+        filter,
+        { $set: { status: "deleting", deletingSince: now } },
+        { returnDocument: "before", projection: { b: 0 } },
+      );
+      if (!before) {
+        if (criteria) return { deleted: false, bytesFreed: 0 };
+        const current = await this.sessions.findOne({ _id: carveId }, NO_MARKERS);
+        if (current?.hold && current.status !== "deleting") throw new AppError("CARVE_ON_HOLD");
+        throw new AppError("CARVE_NOT_FOUND");
+      }
+      await this.removeCarveData(before);
+      const bytesFreed = before.status === "complete" ? before.carveSize : before.bytesReceived;
       this.logger.info({ carveId, bytesFreed }, "carve deleted");
-      return { bytesFreed };
+      return { deleted: true, bytesFreed };
     } catch (err) {
       throw wrap(err, `delete ${carveId}`);
     }
+  }
+
+  /** Everything a carve owns, its session document last: an interrupted run is finished later. */
+  private async removeCarveData(doc: SessionDoc): Promise<void> {
+    this.sessionCache.delete(doc.sessionId);
+    await this.files.deleteOne({ _id: doc.sessionId });
+    await this.chunks.deleteMany({ files_id: doc.sessionId });
+    // A completion racing an explicit delete may have inserted the files document meanwhile.
+    await this.files.deleteOne({ _id: doc.sessionId });
+    await this.sessions.deleteOne({ _id: doc._id, status: "deleting" });
+  }
+
+  async findExpired(criteria: ExpiryCriteria, limit: number): Promise<ExpiryCandidate[]> {
+    this.assertOpen();
+    try {
+      const docs = await this.sessions
+        .find(
+          {
+            $or: [
+              { status: "complete", completedAt: { $lt: criteria.completedBefore }, hold: null },
+              { status: "receiving", updatedAt: { $lt: criteria.idleBefore }, hold: null },
+              { status: "deleting", deletingSince: { $lt: criteria.staleDeleteBefore } },
+            ],
+          },
+          NO_MARKERS,
+        )
+        .sort({ updatedAt: 1 })
+        .limit(limit)
+        .toArray();
+      return docs.map((d) => ({
+        carveId: d._id,
+        reason: d.status === "deleting" ? "unfinished-delete" : d.status === "complete" ? "retention" : "abandoned",
+        bytes: d.status === "complete" ? d.carveSize : d.status === "deleting" ? 0 : d.bytesReceived,
+      }));
+    } catch (err) {
+      throw wrap(err, "find expired carves");
+    }
+  }
+
+  async setHold(carveId: string, hold: LegalHold | null): Promise<CarveRecord> {
+    this.assertOpen();
+    if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
+    let doc: SessionDoc | null;
+    try {
+      doc = await this.sessions.findOneAndUpdate(
+        { _id: carveId, status: { $ne: "deleting" } },
+        { $set: { hold: hold ? { by: hold.by, reason: hold.reason, at: hold.at } : null } },
+        { returnDocument: "after", projection: { b: 0 } },
+      );
+    } catch (err) {
+      throw wrap(err, `set hold on ${carveId}`);
+    }
+    if (!doc) throw new AppError("CARVE_NOT_FOUND");
+    return GridFsCarveStore.recordOf(doc);
   }
 
   // ---------------------------------------------------------------- audit
