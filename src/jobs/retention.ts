@@ -1,0 +1,196 @@
+import { randomUUID } from "node:crypto";
+import { AppError, safeErrorFields } from "../errors.js";
+import type { Logger } from "../logger.js";
+import type { CarveStore, ExpiryCandidate, ExpiryCriteria } from "../storage/carve-store.js";
+
+export interface RetentionOptions {
+  /** Complete carves are deleted this many days after completion. */
+  retentionDays: number;
+  /** Incomplete carves with no block for this long are abandoned (osquery never resumes a carve). */
+  abandonedAfterSeconds: number;
+  /** A delete begun this long ago and not finished belongs to a dead process: finish it. */
+  staleDeleteAfterSeconds: number;
+  /** Carves deleted per batch, and batches per run: a run always ends, whatever the backlog. */
+  batchSize: number;
+  maxBatchesPerRun: number;
+  /** Seconds between the end of one in-service run and the start of the next. */
+  intervalSeconds: number;
+}
+
+export interface RetentionSummary {
+  dryRun: boolean;
+  startedAt: Date;
+  durationMs: number;
+  deleted: number;
+  bytesFreed: number;
+  byReason: Record<ExpiryCandidate["reason"], number>;
+  /** Selected but kept: a block arrived, a hold was placed, or another process deleted it first. */
+  kept: number;
+  failed: number;
+  /** Dry run: what would go (up to batchSize x maxBatchesPerRun). */
+  candidates: ExpiryCandidate[];
+  /** More expired carves remain than one run may delete. */
+  backlog: boolean;
+}
+
+export function criteriaAt(now: Date, options: RetentionOptions): ExpiryCriteria {
+  return {
+    completedBefore: new Date(now.getTime() - options.retentionDays * 86_400_000),
+    idleBefore: new Date(now.getTime() - options.abandonedAfterSeconds * 1000),
+    staleDeleteBefore: new Date(now.getTime() - options.staleDeleteAfterSeconds * 1000),
+  };
+}
+
+/**
+ * Deletes expired carves: complete ones past the retention period, abandoned incomplete ones, and deletes a
+ * crash left unfinished. Safe with several processes running it at once (each delete re-checks expiry
+ * atomically in the store and is counted by exactly one of them); in-service runs never overlap.
+ */
+export class RetentionJob {
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<RetentionSummary> | null = null;
+  private stopped = false;
+
+  constructor(
+    private readonly deps: {
+      store: CarveStore;
+      logger: Logger;
+      options: RetentionOptions;
+      now?: () => Date;
+    },
+  ) {}
+
+  private now(): Date {
+    return (this.deps.now ?? (() => new Date()))();
+  }
+
+  /** One run: at most maxBatchesPerRun batches. Never throws for a single carve's failure. */
+  async runOnce(options: { dryRun?: boolean } = {}): Promise<RetentionSummary> {
+    const { store, logger } = this.deps;
+    const opts = this.deps.options;
+    const startedAt = this.now();
+    const criteria = criteriaAt(startedAt, opts);
+    const summary: RetentionSummary = {
+      dryRun: options.dryRun ?? false,
+      startedAt,
+      durationMs: 0,
+      deleted: 0,
+      bytesFreed: 0,
+      byReason: { retention: 0, abandoned: 0, "unfinished-delete": 0 },
+      kept: 0,
+      failed: 0,
+      candidates: [],
+      backlog: false,
+    };
+    const cap = opts.batchSize * opts.maxBatchesPerRun;
+    if (summary.dryRun) {
+      const found = await store.findExpired(criteria, cap + 1);
+      summary.candidates = found.slice(0, cap);
+      summary.backlog = found.length > cap;
+    } else {
+      // Carves that were selected but not deleted are not selected again in this run: progress is certain.
+      const passed = new Set<string>();
+      for (let batch = 0; batch < opts.maxBatchesPerRun; batch++) {
+        const found = (await store.findExpired(criteria, opts.batchSize + passed.size)).filter(
+          (c) => !passed.has(c.carveId),
+        );
+        const todo = found.slice(0, opts.batchSize);
+        if (todo.length === 0) break;
+        for (const candidate of todo) {
+          await this.expire(candidate, criteria, summary, passed);
+        }
+        if (batch === opts.maxBatchesPerRun - 1) {
+          summary.backlog = (await store.findExpired(criteria, passed.size + 1)).some((c) => !passed.has(c.carveId));
+        }
+      }
+    }
+    summary.durationMs = this.now().getTime() - startedAt.getTime();
+    logger.info(
+      {
+        dryRun: summary.dryRun,
+        deleted: summary.deleted,
+        bytesFreed: summary.bytesFreed,
+        byReason: summary.byReason,
+        kept: summary.kept,
+        failed: summary.failed,
+        candidates: summary.dryRun ? summary.candidates.length : undefined,
+        backlog: summary.backlog,
+      },
+      "retention run finished",
+    );
+    return summary;
+  }
+
+  private async expire(
+    candidate: ExpiryCandidate,
+    criteria: ExpiryCriteria,
+    summary: RetentionSummary,
+    passed: Set<string>,
+  ): Promise<void> {
+    const { store, logger } = this.deps;
+    try {
+      const result = await store.deleteCarve(candidate.carveId, { onlyIfExpired: criteria });
+      if (!result.deleted) {
+        summary.kept++;
+        passed.add(candidate.carveId);
+        return;
+      }
+      summary.deleted++;
+      summary.bytesFreed += result.bytesFreed;
+      summary.byReason[candidate.reason]++;
+      logger.info(
+        { carveId: candidate.carveId, reason: candidate.reason, bytesFreed: result.bytesFreed },
+        "carve expired",
+      );
+      await store
+        .appendAudit({
+          id: randomUUID(),
+          at: this.now(),
+          action: "carve.expire",
+          result: "allowed",
+          actor: { displayName: "retention", entityId: null, tokenFingerprint: null },
+          client: { address: null, certificateSubject: null, requestId: null },
+          carveId: candidate.carveId,
+          detail: { reason: candidate.reason, bytesFreed: result.bytesFreed },
+        })
+        .catch((err: unknown) => logger.error({ err: safeErrorFields(err) }, "could not audit an expiry"));
+    } catch (err) {
+      passed.add(candidate.carveId);
+      if (err instanceof AppError && err.code === "CARVE_NOT_FOUND") {
+        summary.kept++; // deleted meanwhile by someone else
+        return;
+      }
+      summary.failed++;
+      logger.error({ carveId: candidate.carveId, err: safeErrorFields(err) }, "could not expire a carve");
+    }
+  }
+
+  /** Runs now and then every intervalSeconds after each run ends (never two at once in this process). */
+  start(): void {
+    this.stopped = false;
+    const tick = (): void => {
+      this.timer = null;
+      this.running = this.runOnce().catch((err: unknown) => {
+        this.deps.logger.error({ err: safeErrorFields(err) }, "retention run failed");
+        return null as unknown as RetentionSummary;
+      });
+      void this.running.finally(() => {
+        this.running = null;
+        if (!this.stopped) {
+          this.timer = setTimeout(tick, this.deps.options.intervalSeconds * 1000);
+          this.timer.unref();
+        }
+      });
+    };
+    this.timer = setTimeout(tick, 1000);
+    this.timer.unref();
+  }
+
+  /** Cancels the next run and waits for a run in progress. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.running) await this.running;
+  }
+}
