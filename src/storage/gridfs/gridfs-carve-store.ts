@@ -365,7 +365,7 @@ export class GridFsCarveStore implements CarveStore {
           sessionId: session.sessionId,
           status: "receiving",
           [marker]: { $exists: false },
-        } as Filter<SessionDoc>,
+        },
         {
           $set: { [marker]: 1, updatedAt: this.now() },
           $inc: { blocksReceived: 1, bytesReceived: data.length },
