@@ -30,6 +30,10 @@ export const ERROR_CODES = {
   CARVE_NOT_FOUND: { status: 404, message: "no such carve" },
   CARVE_NOT_COMPLETE: { status: 409, message: "carve is not complete" },
   CARVE_ON_HOLD: { status: 409, message: "carve is under legal hold" },
+  IMPORT_TOO_LARGE: { status: 413, message: "imported file exceeds the configured maximum size" },
+  IMPORT_HASH_MISMATCH: { status: 422, message: "imported file does not match the expected sha256; nothing was kept" },
+  IMPORT_EMPTY: { status: 400, message: "imported file is empty" },
+  IMPORT_ABORTED: { status: 400, message: "the upload ended before the whole file arrived; nothing was kept" },
   // responder API: authorization (Vault)
   TOKEN_MISSING: { status: 401, message: "no Vault token: send it in X-Vault-Token or Authorization: Bearer" },
   TOKEN_INVALID: { status: 401, message: "Vault token is invalid, expired or revoked" },

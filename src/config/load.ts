@@ -23,11 +23,26 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
   CARVE_MONGODB_URI: ["storage", "gridfs", "uri"],
   CARVE_MONGODB_DATABASE: ["storage", "gridfs", "database"],
   CARVE_GRIDFS_BUCKET: ["storage", "gridfs", "bucket"],
+  VAULT_ADDR: ["vault", "address"],
+  VAULT_NAMESPACE: ["vault", "namespace"],
+  CARVE_VAULT_CA_FILE: ["vault", "caFile"],
+  CARVE_VAULT_TIMEOUT_MS: ["vault", "timeoutMs"],
+  CARVE_VAULT_POLICY: ["vault", "policy"],
+  CARVE_VAULT_ADMIN_POLICY: ["vault", "adminPolicy"],
+  CARVE_VAULT_AUTH_MODE: ["vault", "authMode"],
+  CARVE_VAULT_PATH_TEMPLATE: ["vault", "pathTemplate"],
+  CARVE_VAULT_AUDIT_PATH: ["vault", "auditPath"],
+  CARVE_VAULT_CACHE_SECONDS: ["vault", "cacheSeconds"],
+  CARVE_RETENTION_ENABLED: ["retention", "enabled"],
+  CARVE_RETENTION_DAYS: ["retention", "days"],
+  CARVE_ABANDONED_AFTER_HOURS: ["retention", "abandonedAfterHours"],
+  CARVE_RETENTION_INTERVAL_MINUTES: ["retention", "intervalMinutes"],
+  CARVE_RETENTION_BATCH_SIZE: ["retention", "batchSize"],
   LOG_LEVEL: ["logging", "level"],
 };
 
 /** Keys whose environment value is a boolean. */
-const BOOLEAN_ENV = new Set(["CARVE_FSYNC_EACH_BLOCK", "CARVE_REQUIRE_SAME_CERTIFICATE"]);
+const BOOLEAN_ENV = new Set(["CARVE_FSYNC_EACH_BLOCK", "CARVE_REQUIRE_SAME_CERTIFICATE", "CARVE_RETENTION_ENABLED"]);
 
 export const DEFAULT_CONFIG_FILE = "conf/carve-server.yml";
 

@@ -28,6 +28,17 @@ const stringList = z
   .union([z.array(z.string()), z.string()])
   .transform((v) => (Array.isArray(v) ? v : v.split(",")).map((s) => s.trim()).filter((s) => s !== ""));
 
+/** A Vault policy name (sanitized by Vault to lower case). */
+const policyName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9_.-]{0,127}$/, "a Vault policy name: lower-case letters, digits, _ . -");
+
+/** A Vault logical path (no leading slash), optionally with the {carve_id} placeholder. */
+const vaultPath = z
+  .string()
+  .transform((p) => p.replace(/^\/+/, ""))
+  .pipe(z.string().regex(/^[A-Za-z0-9_.\-/]*(\{carve_id\}[A-Za-z0-9_.\-/]*)?$/, "letters, digits, _ . - / and {carve_id} only").min(1));
+
 const logLevel = z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]);
 
 export const MIN_BLOCK_SIZE = 1;
@@ -93,6 +104,59 @@ export const configSchema = z
             bucket: z.string().regex(/^[A-Za-z0-9_-]{1,63}$/, "plain latin letters, digits, _ and -").default("carves"),
           })
           .prefault({}),
+      })
+      .prefault({}),
+    vault: z
+      .strictObject({
+        /** Vault's address (https://vault.example.com:8200). Without it the responder API answers 503. */
+        address: z
+          .string()
+          .regex(/^https?:\/\/[^\s/?#]+(\/[^\s?#]*)?$/, "must be an http:// or https:// URL without query")
+          .transform((a) => a.replace(/\/+$/, ""))
+          .optional(),
+        /** Vault Enterprise / OpenBao namespace the tokens and policies live in (X-Vault-Namespace). */
+        namespace: z
+          .string()
+          .regex(/^[A-Za-z0-9_.\-/]*$/, "letters, digits, _ . - and / only")
+          .transform((n) => n.replace(/^\/+|\/+$/g, ""))
+          .optional(),
+        /** PEM file with the CA(s) that signed Vault's TLS certificate. */
+        caFile: z.string().min(1).optional(),
+        /** Each Vault request (lookup-self, capabilities-self) gives up after this long: 503. */
+        timeoutMs: z.coerce.number().int().min(100).max(60_000).default(5000),
+        /** Policy that allows listing, reading metadata, listing files and downloading carves. */
+        policy: policyName.default("osquery-carve-download"),
+        /** Policy that allows deleting carves and reading the audit trail. */
+        adminPolicy: policyName.default("osquery-carve-admin"),
+        /** policy: token or identity policies must contain the policy; capabilities: ask sys/capabilities-self. */
+        authMode: z.enum(["policy", "capabilities"]).default("policy"),
+        /** capabilities mode: the Vault path checked for read/delete of one carve. */
+        pathTemplate: vaultPath
+          .refine((p) => p.split("{carve_id}").length === 2, { message: "must contain {carve_id} exactly once" })
+          .default("osquery-carves/{carve_id}"),
+        /** capabilities mode: the Vault path checked (read) for reading the audit trail. */
+        auditPath: vaultPath
+          .refine((p) => !p.includes("{"), { message: "must not contain placeholders" })
+          .default("osquery-carves-admin/audit"),
+        /** Seconds a Vault decision is reused (never past the token's own ttl); 0 disables caching. */
+        cacheSeconds: z.coerce.number().int().min(0).max(60).default(30),
+      })
+      .prefault({}),
+    retention: z
+      .strictObject({
+        /** Run the retention job inside the service (off: only `npm run cleanup` from cron deletes). */
+        enabled: z.boolean().default(true),
+        /** Complete carves are deleted this many days after completion (legal holds exempt). */
+        days: z.coerce.number().min(0).max(36_500).default(30),
+        /** Incomplete carves with no block for this many hours are abandoned and deleted. */
+        abandonedAfterHours: z.coerce.number().min(0.01).max(8760).default(6),
+        /** Minutes between in-service runs (counted from the end of a run, so runs never overlap). */
+        intervalMinutes: z.coerce.number().min(0.01).max(10_080).default(60),
+        /** Carves per batch and batches per run: a run always ends, the rest waits for the next run. */
+        batchSize: z.coerce.number().int().min(1).max(10_000).default(100),
+        maxBatchesPerRun: z.coerce.number().int().min(1).max(10_000).default(20),
+        /** A deletion begun this many minutes ago and unfinished (its process died) is finished. */
+        staleDeleteAfterMinutes: z.coerce.number().min(0.01).max(1440).default(10),
       })
       .prefault({}),
     logging: z

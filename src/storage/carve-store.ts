@@ -75,6 +75,37 @@ export interface Session extends SessionSpec {
 
 export type CarveStatus = "receiving" | "complete";
 
+/** Where an archive collected out of band came from, as the responder who imported it said. */
+export interface ImportSource {
+  host: string | null;
+  originalPath: string | null;
+  description: string | null;
+  importedBy: { displayName: string | null; entityId: string | null };
+}
+
+/** A comparison of the stored SHA-256 with the one the host recorded (osquery's carves.sha256). */
+export interface Verification {
+  claimedSha256: string;
+  match: boolean;
+  by: string | null;
+  at: Date;
+}
+
+export interface ImportSpec {
+  carveId: string;
+  /** Id of the stored object (GridFS files _id); never used by agents. */
+  sessionId: string;
+  source: ImportSource;
+  /** The importer's connection. */
+  agent: AgentInfo;
+}
+
+export interface ImportLimits {
+  maxBytes: number;
+  /** When given, a different SHA-256 keeps nothing. */
+  expectedSha256?: string;
+}
+
 /** A legal hold exempts a carve from retention and from deletion until it is lifted. */
 export interface LegalHold {
   by: string;
@@ -109,6 +140,10 @@ export interface CarveRecord extends Session {
   sha256: string | null;
   compression: Compression | null;
   hold: LegalHold | null;
+  /** "agent": uploaded by osquery; "import": imported by a responder. */
+  origin: "agent" | "import";
+  imported: ImportSource | null;
+  verifications: Verification[];
 }
 
 export interface PutBlockResult {
@@ -224,6 +259,19 @@ export interface CarveStore {
 
   /** Up to `limit` carves retention may delete now (never held ones), oldest first where it matters. */
   findExpired(criteria: ExpiryCriteria, limit: number): Promise<ExpiryCandidate[]>;
+
+  /**
+   * Streams an archive collected out of band into the store, hashing it on the way; it becomes a complete
+   * carve like any other. Nothing is kept unless the whole stream arrived, within `maxBytes`, with the
+   * expected SHA-256: a source stream that errors (client gone, multipart limit hit) aborts it.
+   * Memory stays bounded whatever the size.
+   * @throws AppError IMPORT_TOO_LARGE, IMPORT_HASH_MISMATCH, IMPORT_EMPTY, IMPORT_ABORTED (the source
+   *   failed; an AppError raised by the source is rethrown as is), CARVE_ID_CONFLICT
+   */
+  importCarve(spec: ImportSpec, data: AsyncIterable<Buffer>, limits: ImportLimits): Promise<CarveRecord>;
+
+  /** Appends a verification result to a carve. @throws AppError CARVE_NOT_FOUND */
+  recordVerification(carveId: string, verification: Verification): Promise<CarveRecord>;
 
   /** Places (hold) or lifts (null) a legal hold. @throws AppError CARVE_NOT_FOUND */
   setHold(carveId: string, hold: LegalHold | null): Promise<CarveRecord>;

@@ -50,6 +50,24 @@ describe("configuration", () => {
         filesystem: { dataDir: "./data", fsyncEachBlock: false },
         gridfs: { database: "osquery_carves", bucket: "carves" },
       },
+      vault: {
+        timeoutMs: 5000,
+        policy: "osquery-carve-download",
+        adminPolicy: "osquery-carve-admin",
+        authMode: "policy",
+        pathTemplate: "osquery-carves/{carve_id}",
+        auditPath: "osquery-carves-admin/audit",
+        cacheSeconds: 30,
+      },
+      retention: {
+        enabled: true,
+        days: 30,
+        abandonedAfterHours: 6,
+        intervalMinutes: 60,
+        batchSize: 100,
+        maxBatchesPerRun: 20,
+        staleDeleteAfterMinutes: 10,
+      },
       logging: { level: "info" },
     });
     expect(Object.isFrozen(config.agent)).toBe(true);
@@ -141,6 +159,56 @@ describe("configuration", () => {
     expect(problemsOf(() => loadConfig({ cwd, env: { CARVE_MONGODB_URI: "http://x" } })).join()).toMatch(/mongodb/);
     const ok = loadConfig({ cwd, env: { CARVE_STORAGE: "gridfs", CARVE_MONGODB_URI: "mongodb://127.0.0.1:27017/" } });
     expect(ok.storage.gridfs.uri).toBe("mongodb://127.0.0.1:27017/");
+  });
+
+  it("reads the Vault settings from the environment and checks them", async () => {
+    const cwd = await dirWith();
+    const config = loadConfig({
+      cwd,
+      env: {
+        VAULT_ADDR: "https://vault.example.com:8200/",
+        VAULT_NAMESPACE: "/security/ir/",
+        CARVE_VAULT_CA_FILE: "/etc/vault-ca.pem",
+        CARVE_VAULT_TIMEOUT_MS: "1500",
+        CARVE_VAULT_POLICY: "carve-read",
+        CARVE_VAULT_ADMIN_POLICY: "carve-admin",
+        CARVE_VAULT_AUTH_MODE: "capabilities",
+        CARVE_VAULT_PATH_TEMPLATE: "/secret/carves/{carve_id}",
+        CARVE_VAULT_AUDIT_PATH: "secret/carves-audit",
+        CARVE_VAULT_CACHE_SECONDS: "0",
+      },
+    });
+    expect(config.vault).toEqual({
+      address: "https://vault.example.com:8200",
+      namespace: "security/ir",
+      caFile: "/etc/vault-ca.pem",
+      timeoutMs: 1500,
+      policy: "carve-read",
+      adminPolicy: "carve-admin",
+      authMode: "capabilities",
+      pathTemplate: "secret/carves/{carve_id}",
+      auditPath: "secret/carves-audit",
+      cacheSeconds: 0,
+    });
+    const problems = problemsOf(() =>
+      loadConfig({
+        cwd,
+        env: {
+          VAULT_ADDR: "vault:8200",
+          CARVE_VAULT_CACHE_SECONDS: "61",
+          CARVE_VAULT_AUTH_MODE: "acl",
+          CARVE_VAULT_PATH_TEMPLATE: "osquery-carves/all",
+          CARVE_VAULT_POLICY: "Bad Policy",
+          CARVE_VAULT_TIMEOUT_MS: "10",
+        },
+      }),
+    ).join("\n");
+    expect(problems).toMatch(/vault\.address \(from VAULT_ADDR\)/);
+    expect(problems).toMatch(/vault\.cacheSeconds \(from CARVE_VAULT_CACHE_SECONDS\)/);
+    expect(problems).toMatch(/vault\.authMode \(from CARVE_VAULT_AUTH_MODE\)/);
+    expect(problems).toMatch(/vault\.pathTemplate \(from CARVE_VAULT_PATH_TEMPLATE\): must contain \{carve_id\}/);
+    expect(problems).toMatch(/vault\.policy \(from CARVE_VAULT_POLICY\)/);
+    expect(problems).toMatch(/vault\.timeoutMs \(from CARVE_VAULT_TIMEOUT_MS\)/);
   });
 
   it("reports a YAML syntax error with the file name", async () => {

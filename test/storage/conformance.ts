@@ -483,6 +483,90 @@ export function carveStoreConformance(name: string, makeHarness: () => Promise<S
       });
     });
 
+    describe("imports and verifications", () => {
+      const source = {
+        host: "ws-042",
+        originalPath: "C:/Users/x/evil.exe",
+        description: "EDR export",
+        importedBy: { displayName: "alice", entityId: "ent-1" },
+      };
+      const spec = (carveId: string = randomUUID()) => ({
+        carveId,
+        sessionId: randomUUID().replaceAll("-", ""),
+        source,
+        agent: { address: "10.0.0.7", userAgent: "curl/8", certificate: null },
+      });
+      async function* pieces(bytes: Buffer, fail?: unknown): AsyncGenerator<Buffer> {
+        let off = 0;
+        let i = 0;
+        while (off < bytes.length) {
+          const n = [1, 7, 65536, 300_000, 1024 * 1024 + 3][i++ % 5] as number;
+          yield bytes.subarray(off, off + n);
+          off += n;
+          if (fail !== undefined && off > bytes.length / 2) throw fail;
+        }
+      }
+
+      it("streams an archive in and makes it a complete carve like any other", async () => {
+        const bytes = randomBytes(3 * 1024 * 1024 + 11);
+        const s = spec();
+        const record = await store.importCarve(s, pieces(bytes), { maxBytes: 10 * 1024 * 1024, expectedSha256: sha256(bytes).toUpperCase() });
+        expect(record).toMatchObject({
+          carveId: s.carveId,
+          status: "complete",
+          origin: "import",
+          imported: source,
+          carveSize: bytes.length,
+          bytesReceived: bytes.length,
+          sha256: sha256(bytes),
+          compression: "none",
+          verifications: [],
+          agent: { address: "10.0.0.7" },
+        });
+        expect((await archiveBytes(store, s.carveId)).equals(bytes)).toBe(true);
+        expect((await store.listCarves({ limit: 10 })).carves.map((c) => c.carveId)).toContain(s.carveId);
+        const zst = Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), randomBytes(100)]);
+        expect((await store.importCarve(spec(), pieces(zst), { maxBytes: 1000 })).compression).toBe("zstd");
+      });
+
+      it.each([
+        ["over the size limit", { maxBytes: 1000 }, undefined, "IMPORT_TOO_LARGE"],
+        ["with another sha256 than expected", { maxBytes: 1e9, expectedSha256: "0".repeat(64) }, undefined, "IMPORT_HASH_MISMATCH"],
+        ["whose source breaks (client gone)", { maxBytes: 1e9 }, new Error("aborted"), "IMPORT_ABORTED"],
+        ["whose source reports a multipart limit", { maxBytes: 1e9 }, new AppError("IMPORT_TOO_LARGE"), "IMPORT_TOO_LARGE"],
+      ] as const)("keeps nothing of an import %s", async (_label, limits, fail, code) => {
+        const bytes = randomBytes(2 * 1024 * 1024);
+        const s = spec();
+        await expectCode(store.importCarve(s, pieces(bytes, fail), limits), code);
+        await expectCode(store.getCarve(s.carveId), "CARVE_NOT_FOUND");
+        expect(await harness.leftovers()).toEqual([]);
+      });
+
+      it("refuses an empty import and a carve id already in use", async () => {
+        await expectCode(store.importCarve(spec(), pieces(Buffer.alloc(0)), { maxBytes: 10 }), "IMPORT_EMPTY");
+        const carve = makeCarve({ size: 1000, blockSize: 1000 });
+        await upload(store, carve);
+        await expectCode(store.importCarve(spec(carve.spec.carveId), pieces(randomBytes(10)), { maxBytes: 100 }), "CARVE_ID_CONFLICT");
+        expect((await archiveBytes(store, carve.spec.carveId)).equals(carve.bytes)).toBe(true);
+      });
+
+      it("records verifications against the host's sha256", async () => {
+        const carve = makeCarve({ size: 2000, blockSize: 1000 });
+        await upload(store, carve);
+        const at = new Date("2026-04-01T10:00:00Z");
+        await store.recordVerification(carve.spec.carveId, { claimedSha256: sha256(carve.bytes), match: true, by: "alice", at });
+        const record = await store.recordVerification(carve.spec.carveId, { claimedSha256: "ab".repeat(32), match: false, by: "bob", at });
+        expect(record.verifications).toEqual([
+          { claimedSha256: sha256(carve.bytes), match: true, by: "alice", at },
+          { claimedSha256: "ab".repeat(32), match: false, by: "bob", at },
+        ]);
+        await store.close();
+        store = await harness.open();
+        expect((await store.getCarve(carve.spec.carveId)).verifications).toHaveLength(2);
+        await expectCode(store.recordVerification(randomUUID(), { claimedSha256: "x", match: false, by: null, at }), "CARVE_NOT_FOUND");
+      });
+    });
+
     describe("audit trail", () => {
       const event = (i: number, at: Date, carveId: string | null) => ({
         id: `evt-${String(i).padStart(4, "0")}`,

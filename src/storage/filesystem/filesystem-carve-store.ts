@@ -26,7 +26,11 @@ import type {
   CreateSessionResult,
   ExpiryCandidate,
   ExpiryCriteria,
+  ImportLimits,
+  ImportSource,
+  ImportSpec,
   LegalHold,
+  Verification,
   ListPage,
   ListQuery,
   PutBlockResult,
@@ -81,13 +85,17 @@ interface MetaFile {
   carveSize: number;
   agent: { address: string | null; userAgent: string | null; certificate?: CertificateIdentity | null };
   createdAt: string;
-  /** "deleting": a delete has begun; the carve is invisible and the next delete finishes it. */
-  status: "receiving" | "complete" | "deleting";
+  /** "deleting": a delete has begun; the carve is invisible and the next delete finishes it.
+   *  "importing": an import is streaming in; invisible, and removed at start-up if the process died. */
+  status: "receiving" | "complete" | "deleting" | "importing";
   completedAt: string | null;
   sha256: string | null;
   compression: Compression | null;
   hold?: { by: string; reason: string; at: string } | null;
   deletingSince?: string | null;
+  origin?: "agent" | "import";
+  imported?: ImportSource | null;
+  verifications?: Array<Omit<Verification, "at"> & { at: string }>;
 }
 
 interface Completion {
@@ -110,6 +118,9 @@ class ActiveCarve {
   hashedBlocks = 0;
   completion: Completion | null;
   hold: LegalHold | null = null;
+  origin: "agent" | "import" = "agent";
+  imported: ImportSource | null = null;
+  verifications: Verification[] = [];
   /** Dropped from memory (evicted, or memory may disagree with disk after an I/O error): reload. */
   stale = false;
 
@@ -249,7 +260,7 @@ export class FilesystemCarveStore implements CarveStore {
   /** The carve's meta file, or null when there is no carve (a deletion in progress counts as none). */
   private async readMeta(carveId: string): Promise<MetaFile | null> {
     const meta = await this.readMetaRaw(carveId);
-    return meta && meta.status !== "deleting" ? meta : null;
+    return meta && meta.status !== "deleting" && meta.status !== "importing" ? meta : null;
   }
 
   private async readMetaRaw(carveId: string): Promise<MetaFile | null> {
@@ -307,6 +318,13 @@ export class FilesystemCarveStore implements CarveStore {
       },
       createdAt: new Date(meta.createdAt),
     };
+  }
+
+  private static applyExtras(carve: ActiveCarve, meta: MetaFile): void {
+    carve.hold = FilesystemCarveStore.holdOf(meta);
+    carve.origin = meta.origin ?? "agent";
+    carve.imported = meta.imported ?? null;
+    carve.verifications = (meta.verifications ?? []).map((v) => ({ ...v, at: new Date(v.at) }));
   }
 
   private static holdOf(meta: MetaFile): LegalHold | null {
@@ -434,7 +452,7 @@ export class FilesystemCarveStore implements CarveStore {
     const meta = await this.readMeta(carveId);
     if (!meta) throw new AppError("CARVE_NOT_FOUND");
     const carve = new ActiveCarve(FilesystemCarveStore.sessionOf(meta), FilesystemCarveStore.completionOf(meta));
-    carve.hold = FilesystemCarveStore.holdOf(meta);
+    FilesystemCarveStore.applyExtras(carve, meta);
     if (!carve.completion) {
       await this.replayJournal(carve);
     }
@@ -697,8 +715,18 @@ export class FilesystemCarveStore implements CarveStore {
     }
   }
 
-  /** Finishes completions that a crash interrupted, so no carve with every block stored stays "receiving". */
+  /** Finishes completions that a crash interrupted, so no carve with every block stored stays "receiving";
+   * removes imports that never finished (their client never got a success). */
   private async recover(): Promise<void> {
+    for (const name of await fsp.readdir(this.p("meta"))) {
+      const carveId = name.endsWith(".json") ? name.slice(0, -".json".length) : "";
+      if (!isSafeId(carveId)) continue;
+      const meta = await this.readMetaRaw(carveId);
+      if (meta?.status !== "importing") continue;
+      this.logger.warn({ carveId }, "removing an import interrupted by a restart");
+      for (const c of ["none", "zstd"] as const) await fsp.rm(this.finalPath(carveId, c), { force: true });
+      await fsp.rm(this.metaPath(carveId), { force: true });
+    }
     for (const carveId of await fsp.readdir(this.p("sessions"))) {
       if (!isSafeId(carveId)) continue;
       const meta = await this.readMeta(carveId);
@@ -736,6 +764,9 @@ export class FilesystemCarveStore implements CarveStore {
       sha256: c?.sha256 ?? null,
       compression: c?.compression ?? null,
       hold: carve.hold ? { ...carve.hold } : null,
+      origin: carve.origin,
+      imported: carve.imported ? { ...carve.imported, importedBy: { ...carve.imported.importedBy } } : null,
+      verifications: carve.verifications.map((v) => ({ ...v })),
     };
   }
 
@@ -876,7 +907,7 @@ export class FilesystemCarveStore implements CarveStore {
         }
         continue;
       }
-      if (meta.hold) continue;
+      if (meta.hold || meta.status === "importing") continue; // imports in flight belong to their request
       if (meta.status === "complete") {
         const at = Date.parse(meta.completedAt ?? meta.createdAt);
         if (at < criteria.completedBefore.getTime()) {
@@ -901,6 +932,115 @@ export class FilesystemCarveStore implements CarveStore {
     } catch {
       return Date.parse(meta.createdAt);
     }
+  }
+
+  async importCarve(spec: ImportSpec, data: AsyncIterable<Buffer>, limits: ImportLimits): Promise<CarveRecord> {
+    this.assertOpen();
+    if (!isSafeId(spec.carveId) || !isSafeId(spec.sessionId)) throw new AppError("INVALID_START", "unsafe identifier");
+    const startedAt = this.now();
+    const meta: MetaFile = {
+      version: 1,
+      carveId: spec.carveId,
+      requestId: "import",
+      sessionId: spec.sessionId,
+      nodeKey: "",
+      blockCount: 1,
+      blockSize: 1,
+      carveSize: 0,
+      agent: {
+        address: spec.agent.address,
+        userAgent: spec.agent.userAgent,
+        certificate: spec.agent.certificate ? { ...spec.agent.certificate } : null,
+      },
+      createdAt: startedAt.toISOString(),
+      status: "importing",
+      completedAt: null,
+      sha256: null,
+      compression: null,
+      origin: "import",
+      imported: spec.source,
+      verifications: [],
+    };
+    // Claim the carve id first (atomic link), so nothing else can take it while the bytes stream in.
+    try {
+      const claim = await this.writeTmp(JSON.stringify(meta), ".json");
+      try {
+        await fsp.link(claim, this.metaPath(spec.carveId));
+      } finally {
+        await fsp.unlink(claim).catch(() => undefined);
+      }
+    } catch (err) {
+      if (errno(err) === "EEXIST") throw new AppError("CARVE_ID_CONFLICT");
+      throw wrapIo(err, "claim import");
+    }
+    const part = this.tmpPath(".import");
+    let fd: FileHandle | null = null;
+    try {
+      fd = await fsp.open(part, "wx", 0o640);
+      const hash = createHash("sha256");
+      const head: Buffer[] = [];
+      let size = 0;
+      try {
+        for await (const chunk of data) {
+          size += chunk.length;
+          if (size > limits.maxBytes) throw new AppError("IMPORT_TOO_LARGE");
+          hash.update(chunk);
+          if (size - chunk.length < 4) head.push(chunk.subarray(0, 4));
+          await FilesystemCarveStore.writeFully(fd, chunk, size - chunk.length);
+        }
+      } catch (err) {
+        if (err instanceof AppError) throw err;
+        throw new AppError("IMPORT_ABORTED", undefined, { cause: err });
+      }
+      if (size === 0) throw new AppError("IMPORT_EMPTY");
+      const sha256 = hash.digest("hex");
+      if (limits.expectedSha256 && limits.expectedSha256.toLowerCase() !== sha256) {
+        throw new AppError("IMPORT_HASH_MISMATCH", `got ${sha256}`);
+      }
+      await fd.datasync();
+      await fd.close();
+      fd = null;
+      const compression = detectCompression(Buffer.concat(head).subarray(0, 4));
+      await fsp.rename(part, this.finalPath(spec.carveId, compression));
+      await this.fsyncDir(this.p("carves"));
+      const completedAt = this.now();
+      await this.replaceMeta({
+        ...meta,
+        blockSize: size,
+        carveSize: size,
+        status: "complete",
+        completedAt: completedAt.toISOString(),
+        sha256,
+        compression,
+      });
+      this.logger.info({ carveId: spec.carveId, sha256, compression, size }, "archive imported");
+      return this.getCarve(spec.carveId);
+    } catch (err) {
+      await fd?.close().catch(() => undefined);
+      await fsp.rm(part, { force: true });
+      for (const c of ["none", "zstd"] as const) await fsp.rm(this.finalPath(spec.carveId, c), { force: true });
+      await fsp.rm(this.metaPath(spec.carveId), { force: true });
+      if (err instanceof AppError) throw err;
+      throw wrapIo(err, "import archive");
+    }
+  }
+
+  async recordVerification(carveId: string, verification: Verification): Promise<CarveRecord> {
+    this.assertOpen();
+    if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
+    const carve = await this.activeCarve(carveId);
+    return carve.mutex.run(async () => {
+      const meta = await this.readMeta(carveId);
+      if (!meta) throw new AppError("CARVE_NOT_FOUND");
+      const verifications = [...(meta.verifications ?? []), { ...verification, at: verification.at.toISOString() }];
+      try {
+        await this.replaceMeta({ ...meta, verifications });
+      } catch (err) {
+        throw wrapIo(err, `record verification of ${carveId}`);
+      }
+      carve.verifications = verifications.map((v) => ({ ...v, at: new Date(v.at) }));
+      return this.recordOf(carve);
+    });
   }
 
   async setHold(carveId: string, hold: LegalHold | null): Promise<CarveRecord> {

@@ -23,7 +23,11 @@ import type {
   CreateSessionResult,
   ExpiryCandidate,
   ExpiryCriteria,
+  ImportLimits,
+  ImportSource,
+  ImportSpec,
   LegalHold,
+  Verification,
   ListPage,
   ListQuery,
   PutBlockResult,
@@ -62,7 +66,11 @@ export const MAX_GRIDFS_BLOCKS = 500_000;
 /** Bytes of chunks fetched per query while hashing a completed carve. */
 const HASH_BATCH_BYTES = 16 * 1024 * 1024;
 
-type SessionStatus = "receiving" | "completing" | "complete" | "deleting";
+/** "importing": an import is streaming in (invisible; retention removes it if its process died). */
+type SessionStatus = "receiving" | "completing" | "complete" | "deleting" | "importing";
+
+/** Chunk size of imported archives (they have no osquery block geometry). */
+const IMPORT_CHUNK = 1024 * 1024;
 
 interface SessionDoc {
   _id: string;
@@ -87,6 +95,9 @@ interface SessionDoc {
   compression: Compression | null;
   completedAt: Date | null;
   hold: LegalHold | null;
+  origin?: "agent" | "import";
+  imported?: ImportSource | null;
+  verifications?: Verification[];
 }
 
 interface ChunkDoc {
@@ -248,6 +259,9 @@ export class GridFsCarveStore implements CarveStore {
       sha256: doc.sha256 ?? null,
       compression: doc.compression ?? null,
       hold: doc.hold ? { by: doc.hold.by, reason: doc.hold.reason, at: doc.hold.at } : null,
+      origin: doc.origin ?? "agent",
+      imported: doc.imported ?? null,
+      verifications: (doc.verifications ?? []).map((v) => ({ ...v })),
     };
   }
 
@@ -476,6 +490,23 @@ export class GridFsCarveStore implements CarveStore {
     const sha256 = hash.digest("hex");
     const compression = detectCompression(head);
     const completedAt = this.now();
+    await this.insertFileDoc(session, { chunkSize, sha256, compression, completedAt });
+    await this.sessions.updateOne(
+      { _id: session.carveId, sessionId: session.sessionId, status: "completing" },
+      { $set: { status: "complete", sha256, compression, completedAt, completingSince: null }, $unset: { b: "" } },
+    );
+    this.logger.info(
+      { carveId: session.carveId, sha256, compression, carveSize: session.carveSize, blockCount: session.blockCount },
+      "carve complete",
+    );
+  }
+
+  /** The GridFS files document that makes the stored chunks an ordinary GridFS file. Idempotent. */
+  private async insertFileDoc(
+    session: Session,
+    done: { chunkSize: number; sha256: string; compression: Compression; completedAt: Date; origin?: string },
+  ): Promise<void> {
+    const { chunkSize, sha256, compression, completedAt } = done;
     const file: FileDoc = {
       _id: session.sessionId,
       length: session.carveSize,
@@ -483,6 +514,7 @@ export class GridFsCarveStore implements CarveStore {
       uploadDate: completedAt,
       filename: `${session.carveId}${archiveExtension(compression)}`,
       metadata: {
+        origin: done.origin ?? "agent",
         carve_id: session.carveId,
         request_id: session.requestId,
         session_id: session.sessionId,
@@ -506,14 +538,6 @@ export class GridFsCarveStore implements CarveStore {
       // Inserted by an earlier completion of this carve that died before marking it complete.
       if (!isDuplicateKey(err)) throw err;
     }
-    await this.sessions.updateOne(
-      { _id: session.carveId, sessionId: session.sessionId, status: "completing" },
-      { $set: { status: "complete", sha256, compression, completedAt, completingSince: null }, $unset: { b: "" } },
-    );
-    this.logger.info(
-      { carveId: session.carveId, sha256, compression, carveSize: session.carveSize, blockCount: session.blockCount },
-      "carve complete",
-    );
   }
 
   // ---------------------------------------------------------------- reads
@@ -527,7 +551,7 @@ export class GridFsCarveStore implements CarveStore {
     } catch (err) {
       throw wrap(err, `read carve ${carveId}`);
     }
-    if (!doc || doc.status === "deleting") throw new AppError("CARVE_NOT_FOUND");
+    if (!doc || doc.status === "deleting" || doc.status === "importing") throw new AppError("CARVE_NOT_FOUND");
     return doc;
   }
 
@@ -553,7 +577,7 @@ export class GridFsCarveStore implements CarveStore {
         ? { status: "complete" }
         : query.status === "receiving"
           ? { status: { $in: ["receiving", "completing"] } }
-          : { status: { $ne: "deleting" } },
+          : { status: { $nin: ["deleting", "importing"] } },
     );
     if (query.nodeKey !== undefined) and.push({ nodeKey: query.nodeKey });
     if (query.since) and.push({ createdAt: { $gte: query.since } });
@@ -623,7 +647,7 @@ export class GridFsCarveStore implements CarveStore {
             hold: null,
             $or: [
               { status: "complete", completedAt: { $lt: criteria.completedBefore } },
-              { status: "receiving", updatedAt: { $lt: criteria.idleBefore } },
+              { status: { $in: ["receiving", "importing"] }, updatedAt: { $lt: criteria.idleBefore } },
             ],
           }
         : { _id: carveId, hold: null, status: { $in: ["receiving", "completing", "complete"] } };
@@ -665,7 +689,7 @@ export class GridFsCarveStore implements CarveStore {
           {
             $or: [
               { status: "complete", completedAt: { $lt: criteria.completedBefore }, hold: null },
-              { status: "receiving", updatedAt: { $lt: criteria.idleBefore }, hold: null },
+              { status: { $in: ["receiving", "importing"] }, updatedAt: { $lt: criteria.idleBefore }, hold: null },
               { status: "deleting", deletingSince: { $lt: criteria.staleDeleteBefore } },
             ],
           },
@@ -684,13 +708,154 @@ export class GridFsCarveStore implements CarveStore {
     }
   }
 
+  async importCarve(spec: ImportSpec, data: AsyncIterable<Buffer>, limits: ImportLimits): Promise<CarveRecord> {
+    this.assertOpen();
+    if (!isSafeId(spec.carveId) || !isSafeId(spec.sessionId)) throw new AppError("INVALID_START", "unsafe identifier");
+    const now = this.now();
+    const doc: SessionDoc = {
+      _id: spec.carveId,
+      sessionId: spec.sessionId,
+      requestId: "import",
+      nodeKey: "",
+      blockCount: 0,
+      blockSize: IMPORT_CHUNK,
+      carveSize: 0,
+      chunkSize: IMPORT_CHUNK,
+      chunksPerBlock: 1,
+      agent: {
+        address: spec.agent.address,
+        userAgent: spec.agent.userAgent,
+        certificate: spec.agent.certificate ? { ...spec.agent.certificate } : null,
+      },
+      createdAt: now,
+      updatedAt: now,
+      status: "importing",
+      completingSince: null,
+      deletingSince: null,
+      blocksReceived: 0,
+      bytesReceived: 0,
+      sha256: null,
+      compression: null,
+      completedAt: null,
+      hold: null,
+      origin: "import",
+      imported: spec.source,
+      verifications: [],
+    };
+    try {
+      await this.sessions.insertOne(doc);
+    } catch (err) {
+      if (isDuplicateKey(err)) throw new AppError("CARVE_ID_CONFLICT");
+      throw wrap(err, "claim import");
+    }
+    try {
+      const hash = createHash("sha256");
+      let head = Buffer.alloc(0);
+      let size = 0;
+      let n = 0;
+      let pending: Buffer[] = [];
+      let pendingBytes = 0;
+      const flush = async (final: boolean): Promise<void> => {
+        while (pendingBytes >= IMPORT_CHUNK || (final && pendingBytes > 0)) {
+          const all = Buffer.concat(pending, pendingBytes);
+          const piece = all.subarray(0, Math.min(IMPORT_CHUNK, all.length));
+          const rest = all.subarray(piece.length);
+          await this.chunks.insertOne({
+            _id: GridFsCarveStore.chunkId(spec.sessionId, n),
+            files_id: spec.sessionId,
+            n,
+            data: new Binary(piece),
+          });
+          n++;
+          pending = rest.length > 0 ? [rest] : [];
+          pendingBytes = rest.length;
+        }
+      };
+      try {
+        for await (const chunk of data) {
+          size += chunk.length;
+          if (size > limits.maxBytes) throw new AppError("IMPORT_TOO_LARGE");
+          hash.update(chunk);
+          if (head.length < 4) head = Buffer.concat([head, chunk.subarray(0, 4 - head.length)]);
+          pending.push(chunk);
+          pendingBytes += chunk.length;
+          if (pendingBytes >= IMPORT_CHUNK) {
+            await flush(false);
+            // keeps the import visibly alive for retention (an import idle for hours is dead)
+            await this.sessions.updateOne({ _id: spec.carveId }, { $set: { updatedAt: this.now() } });
+          }
+        }
+      } catch (err) {
+        if (err instanceof AppError) throw err;
+        if ((err as { name?: string }).name?.startsWith("Mongo")) throw err;
+        throw new AppError("IMPORT_ABORTED", undefined, { cause: err });
+      }
+      if (size === 0) throw new AppError("IMPORT_EMPTY");
+      const sha256 = hash.digest("hex");
+      if (limits.expectedSha256 && limits.expectedSha256.toLowerCase() !== sha256) {
+        throw new AppError("IMPORT_HASH_MISMATCH", `got ${sha256}`);
+      }
+      await flush(true);
+      const compression = detectCompression(head);
+      const completedAt = this.now();
+      const session: Session = {
+        ...GridFsCarveStore.sessionOf(doc),
+        carveSize: size,
+        blockCount: n,
+        blockSize: IMPORT_CHUNK,
+      };
+      await this.insertFileDoc(session, { chunkSize: IMPORT_CHUNK, sha256, compression, completedAt, origin: "import" });
+      await this.sessions.updateOne(
+        { _id: spec.carveId, status: "importing" },
+        {
+          $set: {
+            status: "complete",
+            carveSize: size,
+            blockCount: n,
+            blocksReceived: n,
+            bytesReceived: size,
+            sha256,
+            compression,
+            completedAt,
+            updatedAt: completedAt,
+          },
+        },
+      );
+      this.logger.info({ carveId: spec.carveId, sha256, compression, size }, "archive imported");
+      return this.getCarve(spec.carveId);
+    } catch (err) {
+      await this.chunks.deleteMany({ files_id: spec.sessionId }).catch(() => undefined);
+      await this.files.deleteOne({ _id: spec.sessionId }).catch(() => undefined);
+      await this.sessions.deleteOne({ _id: spec.carveId, status: "importing" }).catch(() => undefined);
+      if (err instanceof AppError) throw err;
+      throw wrap(err, "import archive");
+    }
+  }
+
+  async recordVerification(carveId: string, verification: Verification): Promise<CarveRecord> {
+    this.assertOpen();
+    if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
+    let doc: SessionDoc | null;
+    try {
+      doc = await this.sessions.findOneAndUpdate(
+        { _id: carveId, status: { $nin: ["deleting", "importing"] } },
+        { $push: { verifications: { ...verification } } },
+        { returnDocument: "after", projection: { b: 0 } },
+      );
+    } catch (err) {
+      throw wrap(err, `record verification of ${carveId}`);
+    }
+    if (!doc) throw new AppError("CARVE_NOT_FOUND");
+    return GridFsCarveStore.recordOf(doc);
+  }
+
   async setHold(carveId: string, hold: LegalHold | null): Promise<CarveRecord> {
     this.assertOpen();
     if (!isSafeId(carveId)) throw new AppError("CARVE_NOT_FOUND");
     let doc: SessionDoc | null;
     try {
       doc = await this.sessions.findOneAndUpdate(
-        { _id: carveId, status: { $ne: "deleting" } },
+        { _id: carveId, status: { $nin: ["deleting", "importing"] } },
         { $set: { hold: hold ? { by: hold.by, reason: hold.reason, at: hold.at } : null } },
         { returnDocument: "after", projection: { b: 0 } },
       );
