@@ -2,7 +2,6 @@ import type { Config } from "../config/schema.js";
 import type { Logger } from "../logger.js";
 import type { CarveStore } from "./carve-store.js";
 import { FilesystemCarveStore } from "./filesystem/filesystem-carve-store.js";
-import { GridFsCarveStore } from "./gridfs/gridfs-carve-store.js";
 
 /** Opens the configured backend. @throws Error when it cannot be opened (reported before listening). */
 export async function openStore(config: Config, logger: Logger, now?: () => Date): Promise<CarveStore> {
@@ -17,6 +16,8 @@ export async function openStore(config: Config, logger: Logger, now?: () => Date
     case "gridfs": {
       const { uri, database, bucket } = config.storage.gridfs;
       if (!uri) throw new Error("storage.gridfs.uri is required for the gridfs backend");
+      // Loaded only when configured: the MongoDB driver costs memory a filesystem deployment never uses.
+      const { GridFsCarveStore } = await import("./gridfs/gridfs-carve-store.js");
       return GridFsCarveStore.create({
         uri,
         database,

@@ -1,5 +1,5 @@
 import { createHash, randomBytes, type Hash } from "node:crypto";
-import { constants as fsc, promises as fsp } from "node:fs";
+import { constants as fsc, promises as fsp, writeSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { AppError } from "../../errors.js";
@@ -70,6 +70,8 @@ import { acquireDirLock, type DirLock } from "./dir-lock.js";
  */
 
 const JOURNAL_RECORD_SIZE = 8;
+/** Writes up to this size are done synchronously (see writeFully). */
+const SYNC_WRITE_MAX = 64 * 1024;
 const JOURNAL_CHECK = 0xc4a7e5b1;
 /** Bytes of already-stored blocks hashed inline when an earlier gap fills; the rest waits for completion. */
 const INLINE_CATCH_UP_BYTES = 64 * 1024 * 1024;
@@ -511,7 +513,20 @@ export class FilesystemCarveStore implements CarveStore {
     return carve.journalFd;
   }
 
+  /**
+   * Writes all of `data` at `position`. Small writes (journal records, osquery's default 8 KiB blocks) go
+   * straight to the page cache synchronously: a thread-pool round trip costs more than the copy itself.
+   */
   private static async writeFully(fd: FileHandle, data: Buffer, position: number): Promise<void> {
+    if (data.length <= SYNC_WRITE_MAX) {
+      let done = 0;
+      while (done < data.length) {
+        const n = writeSync(fd.fd, data, done, data.length - done, position + done);
+        if (n <= 0) throw new Error("short write");
+        done += n;
+      }
+      return;
+    }
     let done = 0;
     while (done < data.length) {
       const { bytesWritten } = await fd.write(data, done, data.length - done, position + done);
