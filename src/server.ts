@@ -1,5 +1,7 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { unconfiguredAuthorizer, type Authorizer } from "./auth/authorizer.js";
+import { VaultAuthorizer } from "./auth/vault/vault-authorizer.js";
 import { CarveService } from "./carves/carve-service.js";
 import type { Config } from "./config/schema.js";
 import { createApp } from "./http/app.js";
@@ -21,13 +23,26 @@ export interface StartOptions {
   logger: Logger;
   /** Use this store instead of opening the configured one (the caller then still gets it closed by stop). */
   store?: CarveStore;
+  /** Use this authorizer instead of the one built from `config.vault` (stop() still closes it). */
+  authorizer?: Authorizer;
   now?: () => Date;
 }
 
 /** Opens storage, builds the app and listens. Everything is validated and opened before the port opens. */
 export async function startService(options: StartOptions): Promise<RunningService> {
   const { config, logger } = options;
-  const store = options.store ?? (await openStore(config, logger, options.now));
+  // The authorizer first: a bad CA file is a configuration error reported before storage is opened.
+  const authorizer =
+    options.authorizer ??
+    (config.vault.address ? await VaultAuthorizer.create(config.vault, logger) : unconfiguredAuthorizer());
+  if (!config.vault.address && !options.authorizer) logger.warn("VAULT_ADDR not set: the responder API answers 503");
+  let store: CarveStore;
+  try {
+    store = options.store ?? (await openStore(config, logger, options.now));
+  } catch (err) {
+    await authorizer.close();
+    throw err;
+  }
   let shuttingDown = false;
   const carves = new CarveService({
     store,
@@ -35,7 +50,15 @@ export async function startService(options: StartOptions): Promise<RunningServic
     requireSameCertificate: config.agent.requireSameCertificate,
     logger: logger.child({ component: "carves" }),
   });
-  const app = createApp({ config, logger, store, carves, isShuttingDown: () => shuttingDown });
+  const app = createApp({
+    config,
+    logger,
+    store,
+    carves,
+    authorizer,
+    isShuttingDown: () => shuttingDown,
+    ...(options.now ? { now: options.now } : {}),
+  });
   const server = http.createServer(app);
   server.requestTimeout = config.server.requestTimeoutSeconds * 1000;
   server.headersTimeout = Math.min(30_000, server.requestTimeout);
@@ -50,6 +73,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
     });
   }).catch(async (err: unknown) => {
     await store.close();
+    await authorizer.close();
     throw err;
   });
   const { port } = server.address() as AddressInfo;
@@ -79,6 +103,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       clearTimeout(timer);
       clearInterval(sweep);
       await store.close();
+      await authorizer.close();
       logger.info("stopped");
     })();
     return stopping;

@@ -1,4 +1,5 @@
 import express, { type Express, type NextFunction, type Request, type Response } from "express";
+import { unconfiguredAuthorizer, type Authorizer } from "../auth/authorizer.js";
 import type { Config } from "../config/schema.js";
 import type { CarveService } from "../carves/carve-service.js";
 import { AppError, isAppError, safeErrorFields } from "../errors.js";
@@ -9,13 +10,17 @@ import { proxyMatcher } from "./client-identity.js";
 import { refuseNonJson } from "./agent-reply.js";
 import { healthRouter } from "./health-routes.js";
 import { httpLogger } from "./logging.js";
+import { responderRouter } from "./responder-routes.js";
 
 export interface AppDeps {
   config: Config;
   logger: Logger;
   store: CarveStore;
   carves: CarveService;
+  /** Decides responder API requests; without one that API answers 503 VAULT_NOT_CONFIGURED. */
+  authorizer?: Authorizer;
   isShuttingDown?: () => boolean;
+  now?: () => Date;
 }
 
 /** Responder-facing error shape: `{"error": {"code", "message", "requestId"}}`. */
@@ -50,11 +55,22 @@ export function createApp(deps: AppDeps): Express {
     ),
   );
 
+  app.use(
+    responderRouter({
+      store: deps.store,
+      authorizer: deps.authorizer ?? unconfiguredAuthorizer(),
+      logger: deps.logger,
+      isTrustedProxy: proxyMatcher(config.server.trustedProxies),
+      expiry: { retentionDays: config.retention.days, abandonedAfterSeconds: config.retention.abandonedAfterHours * 3600 },
+      ...(deps.now ? { now: deps.now } : {}),
+    }),
+  );
+
   app.use((req: Request, res: Response) => {
     if (req.method === "POST") {
       // Possibly an agent with a mistyped endpoint (osquery keeps trailing spaces of flagfile values):
       // a non-JSON answer makes it fail visibly instead of believing its blocks were stored.
-      req.log.warn({ url: req.originalUrl }, "POST to an unknown path (check --carver_*_endpoint flags)");
+      req.log.warn("POST to an unknown path (check --carver_*_endpoint flags; req.url is logged with any node key masked)");
       refuseNonJson(res, new AppError("NOT_FOUND"));
       return;
     }

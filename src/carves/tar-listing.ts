@@ -1,0 +1,314 @@
+import { createHash } from "node:crypto";
+
+/**
+ * Lists the members of a tar stream without extracting or buffering it: headers are parsed as they come,
+ * each member's content only flows through a SHA-256. Reads what osquery writes (pax 'x' headers with
+ * path/size/mtime overrides, ustar prefix+name, 5.5+ names `/tmp/osquery_carve_<guid>/<original path>`,
+ * older base-name-only members) and what GNU tar writes (long names 'L'/'K', base-256 numbers).
+ */
+
+const BLOCK = 512;
+
+export type TarMemberType = "file" | "directory" | "symlink" | "hardlink" | "other";
+
+export interface TarMember {
+  /** The member name as stored (after pax / GNU long-name overrides). */
+  name: string;
+  /**
+   * The file's path on the host: for osquery 5.5+ names (`<tmp>/osquery_carve_<guid>/etc/hosts` ->
+   * `/etc/hosts`). null when the archive does not record it (osquery before 5.5 stored the base name only).
+   */
+  path: string | null;
+  type: TarMemberType;
+  /** The raw tar typeflag ("0", "5", "2", ...). */
+  typeflag: string;
+  size: number;
+  /** Permission bits in octal, e.g. "0644". */
+  mode: string;
+  uid: number;
+  gid: number;
+  uname: string | null;
+  gname: string | null;
+  /** Modification time, ISO 8601 (pax sub-second precision down to milliseconds). */
+  mtime: string;
+  linkTarget: string | null;
+  /** SHA-256 (hex) of the member's content; null for anything but regular files. */
+  sha256: string | null;
+}
+
+export interface TarListing {
+  members: TarMember[];
+  /** More members than `maxMembers`: the list stops there (and reading stops too). */
+  truncated: boolean;
+  /** The archive ended with its end-of-archive zero block (false: it just stopped at a member boundary). */
+  endMarker: boolean;
+}
+
+export class TarFormatError extends Error {
+  constructor(
+    message: string,
+    readonly offset: number,
+  ) {
+    super(message);
+    this.name = "TarFormatError";
+  }
+}
+
+/** Pulls exact byte counts out of an async iterable of chunks, holding at most one chunk. */
+class ByteReader {
+  private pending: Buffer = Buffer.alloc(0);
+  private ended = false;
+  offset = 0;
+
+  constructor(private readonly it: AsyncIterator<Buffer | Uint8Array>) {}
+
+  private async more(): Promise<boolean> {
+    if (this.ended) return false;
+    const next = await this.it.next();
+    if (next.done) {
+      this.ended = true;
+      return false;
+    }
+    const v = next.value;
+    const chunk = Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    return true;
+  }
+
+  /** Exactly n bytes; null at a clean end (no byte left); throws when the stream ends inside them. */
+  async read(n: number): Promise<Buffer | null> {
+    while (this.pending.length < n) {
+      if (!(await this.more())) {
+        if (this.pending.length === 0) return null;
+        throw new TarFormatError("archive ends in the middle of a header", this.offset + this.pending.length);
+      }
+    }
+    const out = this.pending.subarray(0, n);
+    this.pending = this.pending.subarray(n);
+    this.offset += n;
+    return out;
+  }
+
+  /** Passes the next n bytes to `sink` chunk by chunk. @throws TarFormatError when the stream ends first. */
+  async consume(n: number, sink?: (chunk: Buffer) => void): Promise<void> {
+    let left = n;
+    while (left > 0) {
+      if (this.pending.length === 0 && !(await this.more())) {
+        throw new TarFormatError("archive ends in the middle of a member's content", this.offset);
+      }
+      const take = Math.min(left, this.pending.length);
+      sink?.(this.pending.subarray(0, take));
+      this.pending = this.pending.subarray(take);
+      this.offset += take;
+      left -= take;
+    }
+  }
+}
+
+function cString(field: Buffer): string {
+  const nul = field.indexOf(0);
+  return (nul === -1 ? field : field.subarray(0, nul)).toString("utf8");
+}
+
+/** An octal number field, or GNU base-256 when the high bit of the first byte is set. */
+function numberField(field: Buffer, what: string, offset: number): number {
+  const first = field[0] ?? 0;
+  if (first & 0x80) {
+    if (first === 0xff) throw new TarFormatError(`negative ${what} in tar header`, offset);
+    let n = first & 0x7f;
+    for (let i = 1; i < field.length; i++) n = n * 256 + (field[i] ?? 0);
+    if (!Number.isSafeInteger(n)) throw new TarFormatError(`${what} too large in tar header`, offset);
+    return n;
+  }
+  const text = field.toString("latin1").replace(/[\0 ]+$/, "").replace(/^ +/, "");
+  if (text === "") return 0;
+  if (!/^[0-7]+$/.test(text)) throw new TarFormatError(`bad ${what} field in tar header`, offset);
+  return Number.parseInt(text, 8);
+}
+
+function checksumMatches(header: Buffer, offset: number): boolean {
+  let stored: number;
+  try {
+    stored = numberField(header.subarray(148, 156), "checksum", offset);
+  } catch {
+    return false;
+  }
+  let unsigned = 0;
+  let signed = 0;
+  for (let i = 0; i < BLOCK; i++) {
+    const b = i >= 148 && i < 156 ? 0x20 : (header[i] ?? 0);
+    unsigned += b;
+    signed += b > 127 ? b - 256 : b;
+  }
+  return stored === unsigned || stored === signed;
+}
+
+/** "<length> <key>=<value>\n" records. */
+function parsePax(data: Buffer, offset: number): Map<string, string> {
+  const records = new Map<string, string>();
+  let at = 0;
+  while (at < data.length) {
+    if (data[at] === 0) break; // NUL padding
+    const space = data.indexOf(0x20, at);
+    const lenText = space === -1 ? "" : data.subarray(at, space).toString("latin1");
+    if (!/^\d{1,12}$/.test(lenText)) throw new TarFormatError("bad pax record", offset);
+    const len = Number(lenText);
+    const end = at + len;
+    if (len <= lenText.length + 1 || end > data.length || data[end - 1] !== 0x0a) throw new TarFormatError("bad pax record", offset);
+    const record = data.subarray(space + 1, end - 1).toString("utf8");
+    const eq = record.indexOf("=");
+    if (eq <= 0) throw new TarFormatError("bad pax record", offset);
+    const key = record.slice(0, eq);
+    const value = record.slice(eq + 1);
+    // An empty value deletes the keyword (POSIX pax).
+    if (value === "") records.delete(key);
+    else records.set(key, value);
+    at = end;
+  }
+  return records;
+}
+
+function paxNumber(records: Map<string, string>, key: string, offset: number): number | undefined {
+  const v = records.get(key);
+  if (v === undefined) return undefined;
+  if (!/^\d{1,16}$/.test(v)) throw new TarFormatError(`bad pax ${key}`, offset);
+  return Number(v);
+}
+
+function paxTimeMs(records: Map<string, string>, key: string, offset: number): number | undefined {
+  const v = records.get(key);
+  if (v === undefined) return undefined;
+  if (!/^-?\d{1,16}(\.\d{0,9})?$/.test(v)) throw new TarFormatError(`bad pax ${key}`, offset);
+  return Math.round(Number(v) * 1000);
+}
+
+/** `[<dir>/]osquery_carve_<guid>/<rest>`: the first such directory is osquery's temp copy of the host's `/`. */
+const OSQUERY_CARVE_DIR = /^(?:.*?\/)?osquery_carve_[^/]+\/+(.+)$/s;
+
+export function originalPathOf(name: string): string | null {
+  const m = OSQUERY_CARVE_DIR.exec(name);
+  return m?.[1] ? `/${m[1]}` : null;
+}
+
+function memberType(typeflag: string, name: string): TarMemberType {
+  switch (typeflag) {
+    case "0":
+    case "\0":
+    case "7":
+    case "":
+      return name.endsWith("/") ? "directory" : "file";
+    case "1":
+      return "hardlink";
+    case "2":
+      return "symlink";
+    case "5":
+      return "directory";
+    default:
+      return "other";
+  }
+}
+
+/**
+ * Reads a tar stream to its end-of-archive block (or its end) and lists its members.
+ * Stops reading after `maxMembers` members (listing.truncated).
+ * @throws TarFormatError when the data is not a tar, or is damaged or truncated.
+ */
+export async function listTar(source: AsyncIterable<Buffer | Uint8Array>, options: { maxMembers: number }): Promise<TarListing> {
+  const it = source[Symbol.asyncIterator]();
+  const reader = new ByteReader(it);
+  const members: TarMember[] = [];
+  const globalPax = new Map<string, string>();
+  let localPax: Map<string, string> | null = null;
+  let longName: string | null = null;
+  let longLink: string | null = null;
+  let headers = 0;
+  try {
+    for (;;) {
+      const at = reader.offset;
+      const header = await reader.read(BLOCK);
+      if (header === null) {
+        if (headers === 0) throw new TarFormatError("empty file: not a tar archive", 0);
+        if (localPax || longName !== null || longLink !== null) throw new TarFormatError("archive ends after an extended header", at);
+        return { members, truncated: false, endMarker: false };
+      }
+      // End of archive. (osquery's carve of nothing is just two zero blocks: a valid, empty archive.)
+      if (header.every((b) => b === 0)) return { members, truncated: false, endMarker: true };
+      if (!checksumMatches(header, at)) {
+        throw new TarFormatError(headers === 0 ? "not a tar archive" : `damaged tar header at byte ${at}`, at);
+      }
+      headers++;
+      const typeflag = String.fromCharCode(header[156] ?? 0);
+      let size = numberField(header.subarray(124, 136), "size", at);
+
+      if (typeflag === "x" || typeflag === "g" || typeflag === "L" || typeflag === "K") {
+        if (size > 1024 * 1024) throw new TarFormatError(`extended header of ${size} bytes`, at);
+        const data = size === 0 ? Buffer.alloc(0) : await reader.read(size);
+        if (data === null) throw new TarFormatError("archive ends in an extended header", at);
+        await reader.consume((BLOCK - (size % BLOCK)) % BLOCK);
+        if (typeflag === "x") localPax = parsePax(data, at);
+        else if (typeflag === "g") for (const [k, v] of parsePax(data, at)) globalPax.set(k, v);
+        else if (typeflag === "L") longName = cString(data);
+        else longLink = cString(data);
+        continue;
+      }
+
+      const pax = new Map([...globalPax, ...(localPax ?? [])]);
+      localPax = null;
+      const magic = header.subarray(257, 263).toString("latin1");
+      const posixUstar = magic === "ustar\0";
+      const baseName = cString(header.subarray(0, 100));
+      const prefix = posixUstar ? cString(header.subarray(345, 500)) : "";
+      let name = pax.get("path") ?? longName ?? (prefix !== "" ? `${prefix}/${baseName}` : baseName);
+      const linkTarget = pax.get("linkpath") ?? longLink ?? cString(header.subarray(157, 257));
+      longName = null;
+      longLink = null;
+      size = paxNumber(pax, "size", at) ?? size;
+      const mode = numberField(header.subarray(100, 108), "mode", at);
+      const uid = paxNumber(pax, "uid", at) ?? numberField(header.subarray(108, 116), "uid", at);
+      const gid = paxNumber(pax, "gid", at) ?? numberField(header.subarray(116, 124), "gid", at);
+      const mtimeMs = paxTimeMs(pax, "mtime", at) ?? numberField(header.subarray(136, 148), "mtime", at) * 1000;
+      const uname = pax.get("uname") ?? (magic.startsWith("ustar") ? cString(header.subarray(265, 297)) : "");
+      const gname = pax.get("gname") ?? (magic.startsWith("ustar") ? cString(header.subarray(297, 329)) : "");
+      const type = memberType(typeflag, name);
+      if (type === "directory") name = name.replace(/\/+$/, "") + "/";
+
+      // As GNU tar does: content follows for every type but directories (links and devices have size 0).
+      const dataSize = typeflag === "5" ? 0 : size;
+      let sha256: string | null = null;
+      if (type === "file") {
+        const hash = createHash("sha256");
+        await reader.consume(dataSize, (chunk) => hash.update(chunk));
+        sha256 = hash.digest("hex");
+      } else {
+        await reader.consume(dataSize);
+      }
+      await reader.consume((BLOCK - (dataSize % BLOCK)) % BLOCK);
+
+      const mtime = new Date(mtimeMs);
+      members.push({
+        name,
+        path: originalPathOf(name),
+        type,
+        typeflag: typeflag === "\0" ? "0" : typeflag,
+        size: type === "file" || type === "other" ? size : 0,
+        mode: (mode & 0o7777).toString(8).padStart(4, "0"),
+        uid,
+        gid,
+        uname: uname === "" ? null : uname,
+        gname: gname === "" ? null : gname,
+        mtime: Number.isNaN(mtime.getTime()) ? new Date(0).toISOString() : mtime.toISOString(),
+        linkTarget: type === "symlink" || type === "hardlink" ? linkTarget : null,
+        sha256,
+      });
+      if (members.length >= options.maxMembers) {
+        // Is there anything after this member? Peek at one header block.
+        const next = await reader.read(BLOCK);
+        const more = next !== null && !next.every((b) => b === 0);
+        return { members, truncated: more, endMarker: !more && next !== null };
+      }
+    }
+  } finally {
+    // Stop the source (closes the archive's file or download stream) whether we finished early or failed.
+    await it.return?.();
+  }
+}
