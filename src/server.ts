@@ -3,6 +3,8 @@ import type { AddressInfo } from "node:net";
 import { unconfiguredAuthorizer, type Authorizer } from "./auth/authorizer.js";
 import { VaultAuthorizer } from "./auth/vault/vault-authorizer.js";
 import { CarveService } from "./carves/carve-service.js";
+import { RetentionJob } from "./jobs/retention.js";
+import { retentionOptionsOf } from "./jobs/retention-config.js";
 import type { Config } from "./config/schema.js";
 import { createApp } from "./http/app.js";
 import type { Logger } from "./logger.js";
@@ -80,6 +82,16 @@ export async function startService(options: StartOptions): Promise<RunningServic
   const host = config.server.host.includes(":") ? `[${config.server.host}]` : config.server.host;
   logger.info({ host: config.server.host, port, storage: store.backend }, "listening");
 
+  const retention = config.retention.enabled
+    ? new RetentionJob({
+        store,
+        logger: logger.child({ component: "retention" }),
+        options: retentionOptionsOf(config),
+        ...(options.now ? { now: options.now } : {}),
+      })
+    : null;
+  retention?.start();
+
   let stopping: Promise<void> | null = null;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
@@ -102,6 +114,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       }
       clearTimeout(timer);
       clearInterval(sweep);
+      await retention?.stop(); // a run in progress finishes its current carve first
       await store.close();
       await authorizer.close();
       logger.info("stopped");

@@ -7,9 +7,10 @@ import type { AuditActor } from "../storage/carve-store.js";
  *  - list:   list carves (no carve id);
  *  - read:   read one carve's metadata, file list or archive;
  *  - delete: delete one carve;
- *  - audit:  read the audit trail.
+ *  - audit:  read the audit trail;
+ *  - hold:   place or lift a legal hold on one carve.
  */
-export type AuthAction = "list" | "read" | "delete" | "audit";
+export type AuthAction = "list" | "read" | "delete" | "audit" | "hold";
 
 export interface AuthQuestion {
   action: AuthAction;

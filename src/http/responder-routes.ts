@@ -75,7 +75,7 @@ function headerOf(req: IncomingMessage, name: string): string | undefined {
   return Array.isArray(v) ? v.join(", ") : v;
 }
 
-function carveTarget(req: Request, action: "read" | "delete"): Target {
+function carveTarget(req: Request, action: "read" | "delete" | "hold"): Target {
   const token = tokenFromHeaders(req.headers);
   const carveId = String(req.params.carve_id ?? "");
   if (!CARVE_ID.test(carveId)) return { token, question: null, carveId: null };
@@ -397,6 +397,46 @@ export function responderRouter(deps: ResponderDeps): Router {
         const { deleted, bytesFreed } = await store.deleteCarve(carveId);
         ctx.detail.bytesFreed = bytesFreed;
         ctx.res.json({ deleted, carveId, bytesFreed });
+      },
+    ),
+  );
+
+  // --- PUT / DELETE /api/v1/carves/:carve_id/hold (legal hold) ----------------------------------------------
+  router.put(
+    "/api/v1/carves/:carve_id/hold",
+    endpoint(
+      "carve.hold",
+      (req) => carveTarget(req, "hold"),
+      async (ctx) => {
+        parseWith(noQuery, ctx.req.query);
+        const raw = await readSmallBody(ctx.req, 16 * 1024);
+        let reason: unknown;
+        try {
+          reason = (JSON.parse(raw.toString("utf8") || "{}") as { reason?: unknown }).reason;
+        } catch {
+          throw new AppError("INVALID_QUERY", 'body must be JSON: {"reason": "..."}');
+        }
+        if (typeof reason !== "string" || reason.trim() === "" || reason.length > 1000) {
+          throw new AppError("INVALID_QUERY", 'a hold needs {"reason": "<1-1000 characters>"}');
+        }
+        const by = ctx.actor.displayName ?? ctx.actor.entityId ?? "unknown";
+        const record = await store.setHold(ctx.carveId as string, { by, reason: reason.trim(), at: now() });
+        ctx.detail.reason = reason.trim();
+        ctx.res.json({ carveId: record.carveId, hold: record.hold ? { ...record.hold, at: record.hold.at.toISOString() } : null });
+      },
+    ),
+  );
+  router.delete(
+    "/api/v1/carves/:carve_id/hold",
+    endpoint(
+      "carve.release",
+      (req) => carveTarget(req, "hold"),
+      async (ctx) => {
+        parseWith(noQuery, ctx.req.query);
+        const before = await store.getCarve(ctx.carveId as string);
+        ctx.detail.previousReason = before.hold?.reason ?? null;
+        const record = await store.setHold(ctx.carveId as string, null);
+        ctx.res.json({ carveId: record.carveId, hold: null });
       },
     ),
   );

@@ -97,8 +97,10 @@ export class RetentionJob {
         const todo = found.slice(0, opts.batchSize);
         if (todo.length === 0) break;
         for (const candidate of todo) {
+          if (this.stopped) break; // shutting down: finish this carve, leave the rest to the next run
           await this.expire(candidate, criteria, summary, passed);
         }
+        if (this.stopped) break;
         if (batch === opts.maxBatchesPerRun - 1) {
           summary.backlog = (await store.findExpired(criteria, passed.size + 1)).some((c) => !passed.has(c.carveId));
         }

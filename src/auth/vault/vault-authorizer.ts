@@ -221,7 +221,7 @@ export class VaultAuthorizer implements Authorizer {
   private vaultQuestion(
     question: AuthQuestion,
   ): { kind: "policy"; policy: string; cacheParts: string[] } | { kind: "capabilities"; path: string; capability: string; cacheParts: string[] } {
-    const admin: Record<AuthAction, boolean> = { list: false, read: false, delete: true, audit: true };
+    const admin: Record<AuthAction, boolean> = { list: false, read: false, delete: true, audit: true, hold: true };
     if (this.options.authMode === "policy") {
       const policy = admin[question.action] ? this.options.adminPolicy : this.options.policy;
       return { kind: "policy", policy, cacheParts: ["policy", policy] };
@@ -239,9 +239,11 @@ export class VaultAuthorizer implements Authorizer {
         break;
       case "read":
       case "delete":
+      case "hold":
         if (question.carveId === undefined) throw new Error(`authorization question ${question.action} needs a carve id`);
         path = this.options.pathTemplate.replace("{carve_id}", question.carveId);
-        capability = question.action;
+        // A hold changes the carve's record: Vault's "update" capability on its path.
+        capability = question.action === "hold" ? "update" : question.action;
         break;
     }
     return { kind: "capabilities", path, capability, cacheParts: ["capabilities", path, capability] };
