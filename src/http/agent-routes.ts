@@ -5,6 +5,7 @@ import type { Logger } from "../logger.js";
 import { refuseNonJson, refuseStart, replyBlockAccepted, replyStartAccepted } from "./agent-reply.js";
 import { blockBodySchema, describeIssues, startBodySchema } from "./agent-schemas.js";
 import { resolveClient } from "./client-identity.js";
+import { PUBLIC_FIRST_SEGMENTS, registerAgentPaths } from "./logging.js";
 
 export interface AgentRoutesOptions {
   startPath: string;
@@ -22,6 +23,29 @@ export function blockBodyLimit(maxBlockSize: number): number {
 }
 
 const START_BODY_LIMIT = 64 * 1024;
+
+/**
+ * One path segment holding a node key, as agents started with the hidden `--tls_node_api` flag send it: osquery
+ * builds every URI as `https://` + tls_hostname + `/<node_key>` + endpoint (osquery/remote/utility.h makeURI),
+ * without encoding. Node keys are made by the enrolling server; this accepts the URL-safe characters of a path
+ * segment (RFC 3986 pchar without "%", "(" and ")"). A key containing "/" cannot be told apart from a path.
+ * The segment may be empty: an agent without a node key yet (or with --disable_enrollment) sends
+ * `//start_uploads`, which NGINX matches as `/start_uploads` but passes on as sent.
+ */
+export const NODE_KEY_SEGMENT = "[A-Za-z0-9._~!$&'*+,;=:@-]{0,512}";
+
+const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+
+/** The service's own first segments (`/api/`, `/file_request/`...) are never taken for a node key. */
+const NOT_A_NODE_KEY = `(?!(?:${[...PUBLIC_FIRST_SEGMENTS].map(escapeRegExp).join("|")})/)`;
+
+/**
+ * The `--tls_node_api` form of an endpoint: `/<node_key><endpoint>`, and `/<node_key>/` for the body-routed
+ * endpoint. The node key is captured as the route parameter `nodeKey`.
+ */
+export function nodeApiRoute(endpoint: string): RegExp {
+  return new RegExp(`^/${NOT_A_NODE_KEY}(?<nodeKey>${NODE_KEY_SEGMENT})${escapeRegExp(endpoint)}$`);
+}
 
 /** osquery sends `Authorization: NodeKey <key>` from 5.23 on. */
 function nodeKeyFromHeader(req: Request): string | undefined {
@@ -50,6 +74,9 @@ function bodyError(err: unknown): AppError {
 
 export function agentRouter(deps: { carves: CarveService; logger: Logger }, options: AgentRoutesOptions): Router {
   const router = express.Router();
+  // The request log shows these paths as they are; anything else POSTed has its first segment (where
+  // --tls_node_api agents put their node key) masked.
+  registerAgentPaths(deps.logger, [options.startPath, options.continuePath]);
   const blockLimit = blockBodyLimit(options.maxBlockSize);
   // The Content-Type is not trusted (agents send application/json, other clients may not): read raw bytes.
   const rawParsers = {
@@ -71,7 +98,7 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
     else req.log.warn(fields, "agent request refused");
   };
 
-  const handleStart = async (body: unknown, req: Request, res: Response): Promise<void> => {
+  const handleStart = async (body: unknown, req: Request, res: Response, pathNodeKey: string | undefined): Promise<void> => {
     const parsed = startBodySchema.safeParse(body);
     if (!parsed.success) {
       logRefusal(req, "start", refuseStart(res, new AppError("INVALID_START", describeIssues(parsed.error))));
@@ -86,7 +113,9 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
         carveSize: b.carve_size,
         carveId: b.carve_id,
         requestId: b.request_id,
-        nodeKey: b.node_key || nodeKeyFromHeader(req) || "",
+        // The body's node key wins (osquery 5.x sends it in start); agents with an empty one that use
+        // --tls_node_api carry it in the path, and 5.23+ in the Authorization header.
+        nodeKey: b.node_key || pathNodeKey || nodeKeyFromHeader(req) || "",
         agent: { address: client.address, userAgent: req.get("user-agent") ?? null, certificate: client.certificate },
       });
       replyStartAccepted(res, session.sessionId);
@@ -122,6 +151,8 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
   const handler =
     (route: Kind | "auto") =>
     async (req: Request, res: Response): Promise<void> => {
+      // Present only on the --tls_node_api routes (the path's first segment). Never logged.
+      const pathNodeKey = typeof req.params.nodeKey === "string" ? req.params.nodeKey : undefined;
       let raw: Buffer;
       try {
         raw = await readBody(req, res, route === "start" ? "start" : "any");
@@ -139,7 +170,7 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
         return;
       }
       const kind = route === "auto" ? kindOf(body) : route;
-      if (kind === "start") return handleStart(body, req, res);
+      if (kind === "start") return handleStart(body, req, res, pathNodeKey);
       if (kind === "block") return handleBlock(body, req, res);
       logRefusal(req, "unknown", refuseNonJson(res, new AppError("UNKNOWN_REQUEST")));
     };
@@ -147,5 +178,10 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
   router.post(options.startPath, handler("start"));
   router.post(options.continuePath, handler("block"));
   router.post("/", handler("auto"));
+  // --tls_node_api: the same endpoints behind a node-key segment. "/<node_key>" alone (what empty endpoint
+  // flags produce with --tls_node_api) is not accepted: it cannot be told apart from any one-segment path.
+  router.post(nodeApiRoute(options.startPath), handler("start"));
+  router.post(nodeApiRoute(options.continuePath), handler("block"));
+  router.post(nodeApiRoute("/"), handler("auto"));
   return router;
 }
