@@ -3,7 +3,8 @@ import { createLogger } from "./logger.js";
 import { safeErrorFields } from "./errors.js";
 import { startService } from "./server.js";
 
-/** Wiring only: config -> logger -> store -> app -> server; graceful shutdown on SIGTERM/SIGINT. */
+/** Wiring only: config -> logger -> store -> app -> server; graceful shutdown on SIGTERM/SIGINT, TLS
+ * reload on SIGHUP. */
 async function main(): Promise<void> {
   let config;
   try {
@@ -41,6 +42,12 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  // Certificate rotation: re-read the TLS files; a broken set is refused and the running one stays.
+  process.on("SIGHUP", () => {
+    service.reloadTls().catch((err: unknown) => {
+      logger.error({ err: safeErrorFields(err) }, "TLS reload failed: keeping the current certificate");
+    });
+  });
 }
 
 void main();

@@ -1,4 +1,6 @@
+import { watch, type FSWatcher } from "node:fs";
 import http from "node:http";
+import type https from "node:https";
 import type { AddressInfo } from "node:net";
 import { unconfiguredAuthorizer, type Authorizer } from "./auth/authorizer.js";
 import { VaultAuthorizer } from "./auth/vault/vault-authorizer.js";
@@ -6,16 +8,23 @@ import { CarveService } from "./carves/carve-service.js";
 import { RetentionJob } from "./jobs/retention.js";
 import { retentionOptionsOf } from "./jobs/retention-config.js";
 import type { Config } from "./config/schema.js";
+import { safeErrorFields } from "./errors.js";
 import { createApp } from "./http/app.js";
+import { createTlsServer, reloadTls, type TlsFiles } from "./http/tls.js";
 import type { Logger } from "./logger.js";
 import type { CarveStore } from "./storage/carve-store.js";
 import { openStore } from "./storage/factory.js";
 
 export interface RunningService {
+  /** The main listener: agents (and responders, unless they have their own listener). */
   url: string;
   port: number;
+  /** The responder-only listener, when configured. */
+  responderUrl: string | null;
   store: CarveStore;
-  server: http.Server;
+  server: http.Server | https.Server;
+  /** Re-reads the TLS certificate, key and CA files for new handshakes; established connections go on. */
+  reloadTls(): Promise<void>;
   /** Stops accepting, lets in-flight requests finish (up to the grace period), then closes the store. */
   stop(): Promise<void>;
 }
@@ -28,6 +37,31 @@ export interface StartOptions {
   /** Use this authorizer instead of the one built from `config.vault` (stop() still closes it). */
   authorizer?: Authorizer;
   now?: () => Date;
+}
+
+interface Listener {
+  name: "main" | "responder";
+  server: http.Server | https.Server;
+  tls: TlsFiles | null;
+  url: string;
+  port: number;
+}
+
+function tlsFilesOf(config: Config, which: "main" | "responder"): TlsFiles | null {
+  const { cert, key, clientCa } = config.server.tls;
+  if (!cert || !key) return null;
+  return { cert, key, clientCa: which === "main" ? clientCa : config.server.responder.tlsClientCa };
+}
+
+async function listen(server: http.Server, port: number, host: string): Promise<number> {
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  return (server.address() as AddressInfo).port;
 }
 
 /** Opens storage, builds the app and listens. Everything is validated and opened before the port opens. */
@@ -52,35 +86,97 @@ export async function startService(options: StartOptions): Promise<RunningServic
     requireSameCertificate: config.agent.requireSameCertificate,
     logger: logger.child({ component: "carves" }),
   });
-  const app = createApp({
-    config,
-    logger,
-    store,
-    carves,
-    authorizer,
-    isShuttingDown: () => shuttingDown,
-    ...(options.now ? { now: options.now } : {}),
-  });
-  const server = http.createServer(app);
-  server.requestTimeout = config.server.requestTimeoutSeconds * 1000;
-  server.headersTimeout = Math.min(30_000, server.requestTimeout);
-  // Longer than NGINX's upstream keepalive_timeout default (60 s) so NGINX closes idle connections first.
-  server.keepAliveTimeout = 65_000;
-
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(config.server.port, config.server.host, () => {
-      server.off("error", reject);
-      resolve();
+  const separateResponder = config.server.responder.port !== undefined;
+  const appFor = (surfaces: { agent: boolean; responder: boolean }) =>
+    createApp({
+      config,
+      logger,
+      store,
+      carves,
+      authorizer,
+      isShuttingDown: () => shuttingDown,
+      surfaces,
+      ...(options.now ? { now: options.now } : {}),
     });
-  }).catch(async (err: unknown) => {
+
+  const listeners: Listener[] = [];
+  const open = async (
+    name: Listener["name"],
+    surfaces: { agent: boolean; responder: boolean },
+    port: number,
+    host: string,
+  ): Promise<void> => {
+    const app = appFor(surfaces);
+    const tls = tlsFilesOf(config, name);
+    const server = tls ? createTlsServer(app, tls) : http.createServer(app);
+    server.requestTimeout = config.server.requestTimeoutSeconds * 1000;
+    server.headersTimeout = Math.min(30_000, server.requestTimeout);
+    // Longer than NGINX's upstream keepalive_timeout default (60 s) so NGINX closes idle connections first.
+    server.keepAliveTimeout = 65_000;
+    const bound = await listen(server, port, host);
+    const shownHost = host.includes(":") ? `[${host}]` : host;
+    const url = `${tls ? "https" : "http"}://${shownHost}:${bound}`;
+    listeners.push({ name, server, tls, url, port: bound });
+    logger.info(
+      {
+        listener: name,
+        host,
+        port: bound,
+        tls: Boolean(tls),
+        clientCertificates: tls?.clientCa ? "required" : "not requested",
+        serves: Object.entries(surfaces).filter(([, on]) => on).map(([k]) => k),
+        storage: store.backend,
+      },
+      "listening",
+    );
+  };
+
+  try {
+    await open("main", { agent: true, responder: !separateResponder }, config.server.port, config.server.host);
+    if (separateResponder) {
+      await open(
+        "responder",
+        { agent: false, responder: true },
+        config.server.responder.port as number,
+        config.server.responder.host ?? config.server.host,
+      );
+    }
+  } catch (err) {
+    for (const l of listeners) l.server.close();
     await store.close();
     await authorizer.close();
     throw err;
-  });
-  const { port } = server.address() as AddressInfo;
-  const host = config.server.host.includes(":") ? `[${config.server.host}]` : config.server.host;
-  logger.info({ host: config.server.host, port, storage: store.backend }, "listening");
+  }
+
+  const reload = async (): Promise<void> => {
+    for (const l of listeners) {
+      if (!l.tls) continue;
+      await reloadTls(l.server as https.Server, l.tls);
+      logger.info({ listener: l.name }, "TLS certificate, key and CA reloaded");
+    }
+  };
+
+  // Certificate rotation without a restart: on file change (optional), debounced, keeping the old
+  // certificate when the new files do not load.
+  const watchers: FSWatcher[] = [];
+  if (config.server.tls.watch && config.server.tls.cert) {
+    let timer: NodeJS.Timeout | null = null;
+    const files = [config.server.tls.cert, config.server.tls.key, config.server.tls.clientCa, config.server.responder.tlsClientCa];
+    for (const file of files) {
+      if (!file) continue;
+      const w = watch(file, () => {
+        if (timer) clearTimeout(timer);
+        timer = setTimeout(() => {
+          reload().catch((err: unknown) =>
+            logger.error({ err: safeErrorFields(err) }, "TLS reload failed: keeping the current certificate"),
+          );
+        }, 500);
+        timer.unref();
+      });
+      w.unref();
+      watchers.push(w);
+    }
+  }
 
   const retention = config.retention.enabled
     ? new RetentionJob({
@@ -97,10 +193,12 @@ export async function startService(options: StartOptions): Promise<RunningServic
     stopping ??= (async () => {
       shuttingDown = true;
       logger.info("shutting down: no new connections, waiting for in-flight requests");
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const w of watchers) w.close();
+      const closed = Promise.all(listeners.map((l) => new Promise<void>((resolve) => l.server.close(() => resolve()))));
       // Keep-alive connections become idle as their last request finishes: close them as they do.
-      server.closeIdleConnections();
-      const sweep = setInterval(() => server.closeIdleConnections(), 100);
+      const sweepAll = (): void => listeners.forEach((l) => l.server.closeIdleConnections());
+      sweepAll();
+      const sweep = setInterval(sweepAll, 100);
       const grace = config.server.shutdownGraceSeconds * 1000;
       let timer: NodeJS.Timeout | undefined;
       const timedOut = new Promise<"timeout">((resolve) => {
@@ -109,7 +207,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       });
       if ((await Promise.race([closed, timedOut])) === "timeout") {
         logger.warn({ graceSeconds: config.server.shutdownGraceSeconds }, "grace period over: closing connections");
-        server.closeAllConnections();
+        listeners.forEach((l) => l.server.closeAllConnections());
         await closed;
       }
       clearTimeout(timer);
@@ -121,5 +219,14 @@ export async function startService(options: StartOptions): Promise<RunningServic
     })();
     return stopping;
   };
-  return { url: `http://${host}:${port}`, port, store, server, stop };
+  const main = listeners[0] as Listener;
+  return {
+    url: main.url,
+    port: main.port,
+    responderUrl: listeners[1]?.url ?? null,
+    store,
+    server: main.server,
+    reloadTls: reload,
+    stop,
+  };
 }

@@ -12,6 +12,13 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
   CARVE_PORT: ["server", "port"],
   CARVE_SHUTDOWN_GRACE_SECONDS: ["server", "shutdownGraceSeconds"],
   CARVE_TRUSTED_PROXIES: ["server", "trustedProxies"],
+  CARVE_TLS_CERT: ["server", "tls", "cert"],
+  CARVE_TLS_KEY: ["server", "tls", "key"],
+  CARVE_TLS_CLIENT_CA: ["server", "tls", "clientCa"],
+  CARVE_TLS_WATCH: ["server", "tls", "watch"],
+  CARVE_RESPONDER_PORT: ["server", "responder", "port"],
+  CARVE_RESPONDER_HOST: ["server", "responder", "host"],
+  CARVE_RESPONDER_TLS_CLIENT_CA: ["server", "responder", "tlsClientCa"],
   CARVE_REQUIRE_SAME_CERTIFICATE: ["agent", "requireSameCertificate"],
   CARVE_START_PATH: ["agent", "startPath"],
   CARVE_CONTINUE_PATH: ["agent", "continuePath"],
@@ -42,7 +49,7 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
 };
 
 /** Keys whose environment value is a boolean. */
-const BOOLEAN_ENV = new Set(["CARVE_FSYNC_EACH_BLOCK", "CARVE_REQUIRE_SAME_CERTIFICATE", "CARVE_RETENTION_ENABLED"]);
+const BOOLEAN_ENV = new Set(["CARVE_FSYNC_EACH_BLOCK", "CARVE_REQUIRE_SAME_CERTIFICATE", "CARVE_RETENTION_ENABLED", "CARVE_TLS_WATCH"]);
 
 export const DEFAULT_CONFIG_FILE = "conf/carve-server.yml";
 

@@ -74,6 +74,30 @@ export const configSchema = z
             { message: "each entry must be an IP address or CIDR (10.0.0.0/8, ::1)" },
           )
           .default(["127.0.0.1", "::1"]),
+        /**
+         * HTTPS served by the service itself (no NGINX): PEM certificate and key. With a client CA, agents
+         * must present a certificate from it: others are refused during the TLS handshake.
+         */
+        tls: z
+          .strictObject({
+            cert: z.string().min(1).optional(),
+            key: z.string().min(1).optional(),
+            clientCa: z.string().min(1).optional(),
+            /** Reload certificate, key and CA when their files change (SIGHUP always reloads). */
+            watch: z.boolean().default(false),
+          })
+          .prefault({}),
+        /**
+         * A second listener for the responder API only (the main one then serves agents only), with its own
+         * optional client CA, as the NGINX design separates them.
+         */
+        responder: z
+          .strictObject({
+            port: port.optional(),
+            host: z.string().min(1).optional(),
+            tlsClientCa: z.string().min(1).optional(),
+          })
+          .prefault({}),
       })
       .prefault({}),
     agent: z
@@ -172,6 +196,19 @@ export const configSchema = z
         path: ["agent", "maxBlockSize"],
         message: "must not exceed agent.maxCarveSize",
       });
+    }
+    const tls = c.server.tls;
+    if (Boolean(tls.cert) !== Boolean(tls.key)) {
+      ctx.addIssue({ code: "custom", path: ["server", "tls"], message: "cert and key go together (CARVE_TLS_CERT, CARVE_TLS_KEY)" });
+    }
+    if (tls.clientCa && !tls.cert) {
+      ctx.addIssue({ code: "custom", path: ["server", "tls", "clientCa"], message: "client verification needs cert and key" });
+    }
+    if (c.server.responder.tlsClientCa && !tls.cert) {
+      ctx.addIssue({ code: "custom", path: ["server", "responder", "tlsClientCa"], message: "needs server.tls cert and key" });
+    }
+    if (c.server.responder.tlsClientCa && c.server.responder.port === undefined) {
+      ctx.addIssue({ code: "custom", path: ["server", "responder", "port"], message: "required with a responder client CA" });
     }
     if (c.storage.backend === "gridfs" && !c.storage.gridfs.uri) {
       ctx.addIssue({

@@ -21,6 +21,8 @@ export interface AppDeps {
   authorizer?: Authorizer;
   isShuttingDown?: () => boolean;
   now?: () => Date;
+  /** Which endpoints this listener serves (default both): agents and responders may get separate ports. */
+  surfaces?: { agent: boolean; responder: boolean };
 }
 
 /** Responder-facing error shape: `{"error": {"code", "message", "requestId"}}`. */
@@ -43,7 +45,8 @@ export function createApp(deps: AppDeps): Express {
   });
 
   app.use(healthRouter({ store: deps.store, isShuttingDown }));
-  app.use(
+  const surfaces = deps.surfaces ?? { agent: true, responder: true };
+  if (surfaces.agent) app.use(
     agentRouter(
       { carves: deps.carves, logger: deps.logger },
       {
@@ -55,7 +58,7 @@ export function createApp(deps: AppDeps): Express {
     ),
   );
 
-  app.use(
+  if (surfaces.responder) app.use(
     responderRouter({
       store: deps.store,
       authorizer: deps.authorizer ?? unconfiguredAuthorizer(),

@@ -37,6 +37,8 @@ describe("configuration", () => {
         shutdownGraceSeconds: 30,
         requestTimeoutSeconds: 60,
         trustedProxies: ["127.0.0.1", "::1"],
+        tls: { watch: false },
+        responder: {},
       },
       agent: {
         startPath: "/start_uploads",

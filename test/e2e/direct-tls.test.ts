@@ -1,0 +1,249 @@
+/**
+ * The service terminating mutual TLS itself (issue 8), with a PKI made by scripts/dev-pki.sh: agents carve
+ * over HTTPS with their certificate, which the carve records; no certificate, another CA's or an expired
+ * one is refused in the handshake and stores nothing; blocks from another certificate are refused when
+ * binding is on; SIGHUP swaps the server certificate while a carve is in flight, which completes.
+ */
+import { execFile } from "node:child_process";
+import { X509Certificate, randomBytes, randomUUID } from "node:crypto";
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import https from "node:https";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import tls from "node:tls";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCarve } from "../../scripts/emulator/index.js";
+import { sha256 } from "../support/carve-data.js";
+import { ROOT, freePort } from "../support/service.js";
+
+const run = promisify(execFile);
+let work: string;
+let pki: string;
+let dataDir: string;
+let proc: ChildProcess;
+let exited: Promise<number | null>;
+let port: number;
+let responderPort: number;
+const output: string[] = [];
+
+const file = (p: string) => readFile(path.join(pki, p));
+
+async function request(
+  url: string,
+  opts: { cert?: Buffer; key?: Buffer; method?: string; body?: string } = {},
+): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      url,
+      {
+        method: opts.method ?? "GET",
+        ca: caPem,
+        servername: "localhost",
+        ...(opts.cert ? { cert: opts.cert, key: opts.key } : {}),
+        agent: false,
+      },
+      (res) => {
+        let text = "";
+        res.on("data", (c: Buffer) => (text += c.toString()));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+      },
+    );
+    req.on("error", reject);
+    req.end(opts.body);
+  });
+}
+
+let caPem: Buffer;
+
+async function issueServerCert(name: string): Promise<void> {
+  const ext = path.join(work, `${name}.ext`);
+  await writeFile(ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+  await run("openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", path.join(work, `${name}.key`), "-out", path.join(work, `${name}.csr`), "-subj", `/CN=${name}`]);
+  await run("openssl", ["x509", "-req", "-in", path.join(work, `${name}.csr`), "-CA", path.join(pki, "ca.pem"), "-CAkey", path.join(pki, "ca.key"), "-CAcreateserial", "-days", "2", "-out", path.join(work, `${name}.pem`), "-extfile", ext]);
+}
+
+async function issueExpiredAgent(): Promise<void> {
+  const dir = path.join(work, "expired");
+  await mkdir(dir, { recursive: true });
+  await writeFile(path.join(dir, "ca.cnf"), "[ca]\ndefault_ca=x\n[x]\ndatabase=idx\nnew_certs_dir=.\nserial=ser\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n[ext]\nextendedKeyUsage=clientAuth\n");
+  await writeFile(path.join(dir, "idx"), "");
+  await writeFile(path.join(dir, "ser"), "1000\n");
+  await run("openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", path.join(dir, "agent.key"), "-out", path.join(dir, "agent.csr"), "-subj", "/CN=expired-agent"]);
+  await run("openssl", ["ca", "-batch", "-config", "ca.cnf", "-extensions", "ext", "-cert", path.join(pki, "ca.pem"), "-keyfile", path.join(pki, "ca.key"), "-in", "agent.csr", "-out", "agent.pem", "-startdate", "20200101000000Z", "-enddate", "20200102000000Z"], { cwd: dir });
+}
+
+async function metaCount(): Promise<number> {
+  return (await readdir(path.join(dataDir, "meta"))).length;
+}
+
+beforeAll(async () => {
+  work = await mkdtemp(path.join(tmpdir(), "carve-tls-"));
+  pki = path.join(work, "pki");
+  dataDir = path.join(work, "data");
+  await run("bash", [path.join(ROOT, "scripts/dev-pki.sh"), "--other-ca", "--agent", "agent-1", "--agent", "agent-2", pki]);
+  await issueExpiredAgent();
+  caPem = await file("ca.pem");
+  // the server certificate lives in files the test can replace (rotation)
+  await writeFile(path.join(work, "live.pem"), await file("server.pem"));
+  await writeFile(path.join(work, "live.key"), await file("server.key"));
+  port = await freePort();
+  responderPort = await freePort();
+  proc = spawn(process.execPath, [path.join(ROOT, "dist/src/main.js")], {
+    cwd: ROOT,
+    env: {
+      PATH: process.env.PATH ?? "",
+      CARVE_CONFIG: path.join(ROOT, "conf/carve-server.yml"),
+      CARVE_PORT: String(port),
+      CARVE_RESPONDER_PORT: String(responderPort),
+      CARVE_DATA_DIR: dataDir,
+      CARVE_TLS_CERT: path.join(work, "live.pem"),
+      CARVE_TLS_KEY: path.join(work, "live.key"),
+      CARVE_TLS_CLIENT_CA: path.join(pki, "ca.pem"),
+      CARVE_REQUIRE_SAME_CERTIFICATE: "true",
+      LOG_LEVEL: "info",
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  proc.stdout?.on("data", (c: Buffer) => output.push(c.toString()));
+  proc.stderr?.on("data", (c: Buffer) => output.push(c.toString()));
+  exited = new Promise((resolve) => proc.once("exit", (code) => resolve(code)));
+  const cert = await file("agents/agent-1.pem");
+  const key = await file("agents/agent-1.key");
+  for (let i = 0; ; i++) {
+    try {
+      if ((await request(`https://127.0.0.1:${port}/status`, { cert, key })).status === 200) break;
+    } catch {
+      if (i > 200) throw new Error(`service did not start:\n${output.join("")}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+});
+
+afterAll(async () => {
+  proc.kill("SIGTERM");
+  await exited;
+  await rm(work, { recursive: true, force: true });
+});
+
+async function carve(agent: string, onBlock?: (id: number) => void): Promise<{ id: string; bytes: Buffer; status: string }> {
+  const bytes = randomBytes(20 * 4096 + 7);
+  const archivePath = path.join(work, `${randomUUID()}.bin`);
+  await writeFile(archivePath, bytes);
+  const result = await runCarve({
+    baseUrl: `https://127.0.0.1:${port}`,
+    startEndpoint: "/start_uploads",
+    continueEndpoint: "/upload_blocks",
+    archivePath,
+    blockSize: 4096,
+    retryDelaysMs: [50, 100],
+    tls: { ca: caPem, cert: await file(`${agent}.pem`), key: await file(`${agent}.key`), servername: "localhost" },
+    ...(onBlock ? { onRequest: (r) => r.blockId !== null && r.ok && onBlock(r.blockId) } : {}),
+  });
+  return { id: result.carveId, bytes, status: result.status };
+}
+
+describe("HTTPS and mutual TLS served directly", () => {
+  it("carves byte-exact over HTTPS and records the agent certificate's identity", async () => {
+    const { id, bytes, status } = await carve("agents/agent-1");
+    expect(status).toBe("SUCCESS");
+    expect(sha256(await readFile(path.join(dataDir, "carves", `${id}.tar`)))).toBe(sha256(bytes));
+    const meta = JSON.parse(await readFile(path.join(dataDir, "meta", `${id}.json`), "utf8")) as {
+      agent: { certificate: { subjectDn: string; fingerprintSha256: string; source: string } };
+    };
+    const x509 = new X509Certificate(await file("agents/agent-1.pem"));
+    expect(meta.agent.certificate).toEqual({
+      subjectDn: expect.stringContaining("CN=agent-1") as string,
+      fingerprintSha256: x509.fingerprint256,
+      source: "tls",
+    });
+  });
+
+  it.each([
+    ["no certificate", null],
+    ["a certificate from another CA", "other-ca/agent"],
+    ["an expired certificate", "expired"],
+  ])("refuses %s in the TLS handshake and stores nothing", async (_label, which) => {
+    const before = await metaCount();
+    const creds =
+      which === null
+        ? {}
+        : which === "expired"
+          ? { cert: await readFile(path.join(work, "expired/agent.pem")), key: await readFile(path.join(work, "expired/agent.key")) }
+          : { cert: await file(`${which}.pem`), key: await file(`${which}.key`) };
+    const body = JSON.stringify({ block_count: 1, block_size: 10, carve_size: 10, carve_id: randomUUID(), request_id: "r", node_key: "" });
+    await expect(request(`https://127.0.0.1:${port}/start_uploads`, { ...creds, method: "POST", body })).rejects.toThrow();
+    expect(await metaCount()).toBe(before);
+  });
+
+  it("refuses blocks from another certificate than the start's (binding on), non-JSON", async () => {
+    const a1 = { cert: await file("agents/agent-1.pem"), key: await file("agents/agent-1.key") };
+    const a2 = { cert: await file("agents/agent-2.pem"), key: await file("agents/agent-2.key") };
+    const start = { block_count: 1, block_size: 5, carve_size: 5, carve_id: randomUUID(), request_id: randomUUID(), node_key: "" };
+    const started = await request(`https://127.0.0.1:${port}/start_uploads`, { ...a1, method: "POST", body: JSON.stringify(start) });
+    const { session_id } = JSON.parse(started.text) as { session_id: string };
+    const block = JSON.stringify({ block_id: 0, session_id, request_id: start.request_id, data: Buffer.from("hello").toString("base64") });
+    const refused = await request(`https://127.0.0.1:${port}/upload_blocks`, { ...a2, method: "POST", body: block });
+    expect(refused.status).toBe(403);
+    expect(refused.text).toMatch(/^refused: CERTIFICATE_MISMATCH/);
+    const ok = await request(`https://127.0.0.1:${port}/upload_blocks`, { ...a1, method: "POST", body: block });
+    expect(ok.text).toBe('{"success":true}');
+  });
+
+  it("serves the responder API on its own listener, without client certificates", async () => {
+    const noCert = await request(`https://127.0.0.1:${responderPort}/api/v1/carves`);
+    expect(noCert.status).toBe(503); // reached the responder API (no Vault configured in this test)
+    expect(noCert.text).toContain("VAULT_NOT_CONFIGURED");
+    const agentPath = await request(`https://127.0.0.1:${responderPort}/start_uploads`, { method: "POST", body: "{}" });
+    expect(agentPath.status).toBe(404);
+    const a1 = { cert: await file("agents/agent-1.pem"), key: await file("agents/agent-1.key") };
+    expect((await request(`https://127.0.0.1:${port}/api/v1/carves`, a1)).status).toBe(404);
+  });
+
+  it("reloads the server certificate on SIGHUP while a carve is in flight, and the carve completes", async () => {
+    await issueServerCert("rotated");
+    let rotated = false;
+    const result = await carve("agents/agent-1", (id) => {
+      if (id === 5 && !rotated) {
+        rotated = true;
+        void (async () => {
+          await writeFile(path.join(work, "live.pem"), await readFile(path.join(work, "rotated.pem")));
+          await writeFile(path.join(work, "live.key"), await readFile(path.join(work, "rotated.key")));
+          proc.kill("SIGHUP");
+        })();
+      }
+    });
+    expect(rotated).toBe(true);
+    expect(result.status).toBe("SUCCESS");
+    expect(sha256(await readFile(path.join(dataDir, "carves", `${result.id}.tar`)))).toBe(sha256(result.bytes));
+    await new Promise((r) => setTimeout(r, 300));
+    const presented = await new Promise<string>((resolve, reject) => {
+      const socket = tls.connect(
+        { host: "127.0.0.1", port, ca: caPem, servername: "localhost", cert: result.bytes.length > 0 ? undefined : undefined },
+        () => {
+          resolve(socket.getPeerX509Certificate()?.fingerprint256 ?? "");
+          socket.destroy();
+        },
+      );
+      socket.on("error", reject);
+    }).catch(() => "");
+    const expected = new X509Certificate(await readFile(path.join(work, "rotated.pem"))).fingerprint256;
+    // the handshake without a client certificate fails after the server certificate is shown; read it anyway
+    const shown = presented || (await peerFingerprint());
+    expect(shown).toBe(expected);
+    expect(output.join("")).toContain("TLS certificate, key and CA reloaded");
+  });
+});
+
+async function peerFingerprint(): Promise<string> {
+  const cert = await file("agents/agent-1.pem");
+  const key = await file("agents/agent-1.key");
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ host: "127.0.0.1", port, ca: caPem, servername: "localhost", cert, key }, () => {
+      resolve(socket.getPeerX509Certificate()?.fingerprint256 ?? "");
+      socket.destroy();
+    });
+    socket.on("error", reject);
+  });
+}
