@@ -45,6 +45,9 @@ export const MIN_BLOCK_SIZE = 1;
 /** A block body is ~1.34 x the block size; beyond this a single request would hold too much memory. */
 export const HARD_MAX_BLOCK_SIZE = 64 * 1024 * 1024;
 export const HARD_MAX_CARVE_SIZE = 1024 ** 4;
+/** Defaults of `vault.importPolicy` and `vault.importPath`; the Vault authorizer falls back to them too. */
+export const DEFAULT_IMPORT_POLICY = "osquery-carve-import";
+export const DEFAULT_IMPORT_PATH = "osquery-carves-import/import";
 
 export const configSchema = z
   .strictObject({
@@ -106,8 +109,19 @@ export const configSchema = z
         continuePath: endpointPath.default("/upload_blocks"),
         maxBlockSize: byteSize(MIN_BLOCK_SIZE, HARD_MAX_BLOCK_SIZE).default(8 * 1024 * 1024),
         maxCarveSize: byteSize(1024, HARD_MAX_CARVE_SIZE).default(4 * 1024 ** 3),
+        /**
+         * Memory budget for agent requests being read and processed at once (about 3.5 x body size each);
+         * requests beyond it wait, unread, so memory does not grow with the number of agents.
+         */
+        inflightBytes: byteSize(1024 * 1024, 4 * 1024 ** 3).default(48 * 1024 * 1024),
         /** Refuse blocks that come with another client certificate than the session's start did. */
         requireSameCertificate: z.boolean().default(false),
+      })
+      .prefault({}),
+    import: z
+      .strictObject({
+        /** Largest archive a responder may import (POST /api/v1/carves/import); larger ones get 413, nothing kept. */
+        maxSize: byteSize(1, HARD_MAX_CARVE_SIZE).default(4 * 1024 ** 3),
       })
       .prefault({}),
     storage: z
@@ -162,6 +176,12 @@ export const configSchema = z
         auditPath: vaultPath
           .refine((p) => !p.includes("{"), { message: "must not contain placeholders" })
           .default("osquery-carves-admin/audit"),
+        /** policy mode: policy that allows importing archives collected out of band. */
+        importPolicy: policyName.default(DEFAULT_IMPORT_POLICY),
+        /** capabilities mode: the Vault path checked ("create") for importing an archive. */
+        importPath: vaultPath
+          .refine((p) => !p.includes("{"), { message: "must not contain placeholders" })
+          .default(DEFAULT_IMPORT_PATH),
         /** Seconds a Vault decision is reused (never past the token's own ttl); 0 disables caching. */
         cacheSeconds: z.coerce.number().int().min(0).max(60).default(30),
       })

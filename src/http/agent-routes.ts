@@ -4,13 +4,17 @@ import type { CarveService } from "../carves/carve-service.js";
 import type { Logger } from "../logger.js";
 import { refuseNonJson, refuseStart, replyBlockAccepted, replyStartAccepted } from "./agent-reply.js";
 import { blockBodySchema, describeIssues, startBodySchema } from "./agent-schemas.js";
+import { fastBlockBody, readBody } from "./body.js";
 import { resolveClient } from "./client-identity.js";
+import { ByteBudget } from "../util/byte-budget.js";
 import { PUBLIC_FIRST_SEGMENTS, registerAgentPaths } from "./logging.js";
 
 export interface AgentRoutesOptions {
   startPath: string;
   continuePath: string;
   maxBlockSize: number;
+  /** Bytes of agent request bodies held in memory at once; further requests wait (TCP backpressure). */
+  inflightBodyBytes: number;
   /** Whether a peer address is a trusted TLS proxy whose identity headers are believed. */
   isTrustedProxy: (address: string | undefined) => boolean;
 }
@@ -63,37 +67,23 @@ function kindOf(body: unknown): Kind | null {
   return null;
 }
 
-function bodyError(err: unknown): AppError {
-  const e = err as { type?: string; status?: number };
-  if (e.type === "entity.too.large" || e.status === 413) return new AppError("BODY_TOO_LARGE");
-  if (e.type === "encoding.unsupported" || e.type === "charset.unsupported") {
-    return new AppError("INVALID_BLOCK", "unsupported content encoding (osquery sends plain JSON)");
-  }
-  return new AppError("INVALID_BLOCK", "could not read request body", { cause: err });
-}
-
 export function agentRouter(deps: { carves: CarveService; logger: Logger }, options: AgentRoutesOptions): Router {
   const router = express.Router();
   // The request log shows these paths as they are; anything else POSTed has its first segment (where
   // --tls_node_api agents put their node key) masked.
   registerAgentPaths(deps.logger, [options.startPath, options.continuePath]);
   const blockLimit = blockBodyLimit(options.maxBlockSize);
-  // The Content-Type is not trusted (agents send application/json, other clients may not): read raw bytes.
-  const rawParsers = {
-    start: express.raw({ type: () => true, limit: START_BODY_LIMIT }),
-    any: express.raw({ type: () => true, limit: blockLimit }),
-  };
-
-  const readBody = (req: Request, res: Response, which: "start" | "any"): Promise<Buffer> =>
-    new Promise((resolve, reject) => {
-      rawParsers[which](req, res, (err?: unknown) => {
-        if (err) reject(bodyError(err));
-        else resolve(Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0));
-      });
-    });
+  // Memory is bounded by this budget, not by the number of agents: a body is read only once it fits.
+  // A body's decoded copies (string, block) cost about 2.5 x its size on top, hence the factor.
+  const budget = new ByteBudget(options.inflightBodyBytes);
 
   const logRefusal = (req: Request, kind: Kind | "unknown", err: AppError): void => {
-    const fields = { kind, code: err.code, ...(err.cause ? { cause: safeErrorFields(err.cause) } : {}) };
+    const fields = {
+      kind,
+      code: err.code,
+      requestId: typeof req.id === "string" ? req.id : undefined,
+      ...(err.cause ? { cause: safeErrorFields(err.cause) } : {}),
+    };
     if (err.status >= 500) req.log.error(fields, "agent request failed on the server side");
     else req.log.warn(fields, "agent request refused");
   };
@@ -153,26 +143,36 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
     async (req: Request, res: Response): Promise<void> => {
       // Present only on the --tls_node_api routes (the path's first segment). Never logged.
       const pathNodeKey = typeof req.params.nodeKey === "string" ? req.params.nodeKey : undefined;
-      let raw: Buffer;
+      const limit = route === "start" ? START_BODY_LIMIT : blockLimit;
+      const declared = Number(req.headers["content-length"] ?? limit);
+      const release = await budget.acquire(3.5 * Math.min(Number.isFinite(declared) ? declared : limit, limit));
       try {
-        raw = await readBody(req, res, route === "start" ? "start" : "any");
-      } catch (err) {
-        const e = err instanceof AppError ? err : new AppError("INVALID_BLOCK");
-        logRefusal(req, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
-        return;
+        let raw: Buffer;
+        try {
+          // The Content-Type is not trusted (agents send application/json, other clients may not).
+          raw = await readBody(req, limit);
+        } catch (err) {
+          const e = err instanceof AppError ? err : new AppError("INVALID_BLOCK");
+          logRefusal(req, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
+          return;
+        }
+        let body: unknown = route === "start" ? null : fastBlockBody(raw);
+        if (body === null) {
+          try {
+            body = JSON.parse(raw.toString("utf8"));
+          } catch {
+            const e = new AppError("INVALID_JSON");
+            logRefusal(req, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
+            return;
+          }
+        }
+        const kind = route === "auto" ? kindOf(body) : route;
+        if (kind === "start") return await handleStart(body, req, res, pathNodeKey);
+        if (kind === "block") return await handleBlock(body, req, res);
+        logRefusal(req, "unknown", refuseNonJson(res, new AppError("UNKNOWN_REQUEST")));
+      } finally {
+        release();
       }
-      let body: unknown;
-      try {
-        body = JSON.parse(raw.toString("utf8"));
-      } catch {
-        const e = new AppError("INVALID_JSON");
-        logRefusal(req, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
-        return;
-      }
-      const kind = route === "auto" ? kindOf(body) : route;
-      if (kind === "start") return handleStart(body, req, res, pathNodeKey);
-      if (kind === "block") return handleBlock(body, req, res);
-      logRefusal(req, "unknown", refuseNonJson(res, new AppError("UNKNOWN_REQUEST")));
     };
 
   router.post(options.startPath, handler("start"));

@@ -45,8 +45,10 @@ describe("configuration", () => {
         continuePath: "/upload_blocks",
         maxBlockSize: 8 * 1024 * 1024,
         maxCarveSize: 4 * 1024 ** 3,
+        inflightBytes: 48 * 1024 * 1024,
         requireSameCertificate: false,
       },
+      import: { maxSize: 4 * 1024 ** 3 },
       storage: {
         backend: "filesystem",
         filesystem: { dataDir: "./data", fsyncEachBlock: false },
@@ -59,6 +61,8 @@ describe("configuration", () => {
         authMode: "policy",
         pathTemplate: "osquery-carves/{carve_id}",
         auditPath: "osquery-carves-admin/audit",
+        importPolicy: "osquery-carve-import",
+        importPath: "osquery-carves-import/import",
         cacheSeconds: 30,
       },
       retention: {
@@ -177,6 +181,8 @@ describe("configuration", () => {
         CARVE_VAULT_AUTH_MODE: "capabilities",
         CARVE_VAULT_PATH_TEMPLATE: "/secret/carves/{carve_id}",
         CARVE_VAULT_AUDIT_PATH: "secret/carves-audit",
+        CARVE_VAULT_IMPORT_POLICY: "carve-import",
+        CARVE_VAULT_IMPORT_PATH: "/secret/carves-import/new",
         CARVE_VAULT_CACHE_SECONDS: "0",
       },
     });
@@ -190,6 +196,8 @@ describe("configuration", () => {
       authMode: "capabilities",
       pathTemplate: "secret/carves/{carve_id}",
       auditPath: "secret/carves-audit",
+      importPolicy: "carve-import",
+      importPath: "secret/carves-import/new",
       cacheSeconds: 0,
     });
     const problems = problemsOf(() =>
@@ -202,6 +210,8 @@ describe("configuration", () => {
           CARVE_VAULT_PATH_TEMPLATE: "osquery-carves/all",
           CARVE_VAULT_POLICY: "Bad Policy",
           CARVE_VAULT_TIMEOUT_MS: "10",
+          CARVE_VAULT_IMPORT_POLICY: "Import!",
+          CARVE_VAULT_IMPORT_PATH: "carves/{carve_id}",
         },
       }),
     ).join("\n");
@@ -211,6 +221,19 @@ describe("configuration", () => {
     expect(problems).toMatch(/vault\.pathTemplate \(from CARVE_VAULT_PATH_TEMPLATE\): must contain \{carve_id\}/);
     expect(problems).toMatch(/vault\.policy \(from CARVE_VAULT_POLICY\)/);
     expect(problems).toMatch(/vault\.timeoutMs \(from CARVE_VAULT_TIMEOUT_MS\)/);
+    expect(problems).toMatch(/vault\.importPolicy \(from CARVE_VAULT_IMPORT_POLICY\)/);
+    expect(problems).toMatch(/vault\.importPath \(from CARVE_VAULT_IMPORT_PATH\): must not contain placeholders/);
+  });
+
+  it("reads the largest import size with the byte-size syntax", async () => {
+    const cwd = await dirWith("import:\n  maxSize: 1GiB\n");
+    expect(loadConfig({ cwd, env: {} }).import.maxSize).toBe(1024 ** 3);
+    expect(loadConfig({ cwd, env: { CARVE_MAX_IMPORT_SIZE: "200MB" } }).import.maxSize).toBe(200_000_000);
+    expect(loadConfig({ cwd, env: { CARVE_MAX_IMPORT_SIZE: "1048576" } }).import.maxSize).toBe(1024 * 1024);
+    expect(problemsOf(() => loadConfig({ cwd, env: { CARVE_MAX_IMPORT_SIZE: "huge" } })).join()).toMatch(
+      /import\.maxSize \(from CARVE_MAX_IMPORT_SIZE\): not a byte size/,
+    );
+    expect(problemsOf(() => loadConfig({ cwd, env: { CARVE_MAX_IMPORT_SIZE: "2TiB" } })).join()).toMatch(/import\.maxSize.*between/);
   });
 
   it("reports a YAML syntax error with the file name", async () => {

@@ -1,0 +1,73 @@
+import type { IncomingMessage } from "node:http";
+import { AppError } from "../errors.js";
+
+/**
+ * Reads a request body into one buffer, sized from Content-Length when the client sent it (osquery always
+ * does), so the body is copied once. Refuses bodies over `limit` before reading them (by Content-Length)
+ * or as soon as they exceed it, and compressed bodies (osquery never compresses).
+ * @throws AppError BODY_TOO_LARGE, INVALID_BLOCK (unsupported encoding, body cut short)
+ */
+export async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const encoding = req.headers["content-encoding"];
+  if (encoding !== undefined && encoding.toLowerCase() !== "identity") {
+    req.resume();
+    throw new AppError("INVALID_BLOCK", "compressed bodies are not accepted (osquery sends plain JSON)");
+  }
+  const declared = req.headers["content-length"];
+  const length = declared === undefined ? undefined : Number(declared);
+  if (length !== undefined && (!Number.isSafeInteger(length) || length < 0)) {
+    throw new AppError("INVALID_BLOCK", "invalid Content-Length");
+  }
+  if (length !== undefined && length > limit) {
+    req.resume(); // drain (bounded by the server's request timeout) so the reply can be read
+    throw new AppError("BODY_TOO_LARGE");
+  }
+  const chunks: Buffer[] = [];
+  const fixed = length !== undefined ? Buffer.allocUnsafe(length) : null;
+  let received = 0;
+  try {
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      if (received + chunk.length > (fixed ? fixed.length : limit)) {
+        req.resume();
+        throw new AppError("BODY_TOO_LARGE");
+      }
+      if (fixed) chunk.copy(fixed, received);
+      else chunks.push(chunk);
+      received += chunk.length;
+    }
+  } catch (err) {
+    if (err instanceof AppError) throw err;
+    throw new AppError("INVALID_BLOCK", "request body was cut short", { cause: err });
+  }
+  if (fixed) {
+    if (received !== fixed.length) throw new AppError("INVALID_BLOCK", "request body shorter than Content-Length");
+    return fixed;
+  }
+  return Buffer.concat(chunks, received);
+}
+
+/**
+ * osquery's block body, `{"block_id":N,"session_id":"..","request_id":"..","data":"<base64>"}`, without
+ * running JSON.parse over the megabytes of base64: the small head is parsed as JSON, the data is taken as
+ * is. Anything not in exactly that shape returns null and goes through JSON.parse.
+ */
+export function fastBlockBody(raw: Buffer): Record<string, unknown> | null {
+  const marker = Buffer.from(',"data":"');
+  if (raw.length < 64 || raw[0] !== 0x7b /* { */) return null;
+  const at = raw.lastIndexOf(marker);
+  if (at < 0 || raw[raw.length - 1] !== 0x7d /* } */ || raw[raw.length - 2] !== 0x22 /* " */) return null;
+  const dataStart = at + marker.length;
+  const dataEnd = raw.length - 2;
+  // base64 never contains a quote or a backslash; if the region does, it is not a plain string value.
+  const region = raw.subarray(dataStart, dataEnd);
+  if (region.includes(0x22) || region.includes(0x5c)) return null;
+  let head: unknown;
+  try {
+    head = JSON.parse(`${raw.toString("utf8", 0, at)}}`);
+  } catch {
+    return null;
+  }
+  if (typeof head !== "object" || head === null || Array.isArray(head)) return null;
+  // The data key comes last in the text, so it wins over any earlier duplicate, as in JSON.parse.
+  return { ...(head as Record<string, unknown>), data: region.toString("latin1") };
+}
