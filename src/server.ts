@@ -3,7 +3,6 @@ import http from "node:http";
 import type https from "node:https";
 import type { AddressInfo } from "node:net";
 import { unconfiguredAuthorizer, type Authorizer } from "./auth/authorizer.js";
-import { VaultAuthorizer } from "./auth/vault/vault-authorizer.js";
 import { CarveService } from "./carves/carve-service.js";
 import { RetentionJob } from "./jobs/retention.js";
 import { retentionOptionsOf } from "./jobs/retention-config.js";
@@ -70,7 +69,10 @@ export async function startService(options: StartOptions): Promise<RunningServic
   // The authorizer first: a bad CA file is a configuration error reported before storage is opened.
   const authorizer =
     options.authorizer ??
-    (config.vault.address ? await VaultAuthorizer.create(config.vault, logger) : unconfiguredAuthorizer());
+    (config.vault.address
+      ? // loaded only when configured: node-vault and axios cost memory a Vault-less deployment never uses
+        await (await import("./auth/vault/vault-authorizer.js")).VaultAuthorizer.create(config.vault, logger)
+      : unconfiguredAuthorizer());
   if (!config.vault.address && !options.authorizer) logger.warn("VAULT_ADDR not set: the responder API answers 503");
   let store: CarveStore;
   try {

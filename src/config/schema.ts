@@ -113,7 +113,7 @@ export const configSchema = z
          * Memory budget for agent requests being read and processed at once (about 3.5 x body size each);
          * requests beyond it wait, unread, so memory does not grow with the number of agents.
          */
-        inflightBytes: byteSize(1024 * 1024, 4 * 1024 ** 3).default(48 * 1024 * 1024),
+        inflightBytes: byteSize(1024 * 1024, 4 * 1024 ** 3).default(32 * 1024 * 1024),
         /** Refuse blocks that come with another client certificate than the session's start did. */
         requireSameCertificate: z.boolean().default(false),
       })

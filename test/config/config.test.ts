@@ -45,7 +45,7 @@ describe("configuration", () => {
         continuePath: "/upload_blocks",
         maxBlockSize: 8 * 1024 * 1024,
         maxCarveSize: 4 * 1024 ** 3,
-        inflightBytes: 48 * 1024 * 1024,
+        inflightBytes: 32 * 1024 * 1024,
         requireSameCertificate: false,
       },
       import: { maxSize: 4 * 1024 ** 3 },
