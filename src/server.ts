@@ -13,6 +13,7 @@ import { createTlsServer, reloadTls, type TlsFiles } from "./http/tls.js";
 import type { Logger } from "./logger.js";
 import type { CarveStore } from "./storage/carve-store.js";
 import { openStore } from "./storage/factory.js";
+import { Metrics } from "./metrics.js";
 
 export interface RunningService {
   /** The main listener: agents (and responders, unless they have their own listener). */
@@ -89,6 +90,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
     logger: logger.child({ component: "carves" }),
   });
   const separateResponder = config.server.responder.port !== undefined;
+  const metrics = new Metrics();
   const appFor = (surfaces: { agent: boolean; responder: boolean }) =>
     createApp({
       config,
@@ -98,6 +100,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       authorizer,
       isShuttingDown: () => shuttingDown,
       surfaces,
+      metrics,
       ...(options.now ? { now: options.now } : {}),
     });
 
@@ -185,6 +188,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
         store,
         logger: logger.child({ component: "retention" }),
         options: retentionOptionsOf(config),
+        metrics,
         ...(options.now ? { now: options.now } : {}),
       })
     : null;

@@ -7,6 +7,8 @@ import { blockBodySchema, describeIssues, startBodySchema } from "./agent-schema
 import { fastBlockBody, readBody } from "./body.js";
 import { resolveClient } from "./client-identity.js";
 import { ByteBudget } from "../util/byte-budget.js";
+import { expectedBlockLength } from "../carves/geometry.js";
+import type { Metrics } from "../metrics.js";
 import { PUBLIC_FIRST_SEGMENTS, registerAgentPaths } from "./logging.js";
 
 export interface AgentRoutesOptions {
@@ -67,7 +69,11 @@ function kindOf(body: unknown): Kind | null {
   return null;
 }
 
-export function agentRouter(deps: { carves: CarveService; logger: Logger }, options: AgentRoutesOptions): Router {
+export function agentRouter(
+  deps: { carves: CarveService; logger: Logger; metrics?: Metrics | undefined },
+  options: AgentRoutesOptions,
+): Router {
+  const metrics = deps.metrics;
   const router = express.Router();
   // The request log shows these paths as they are; anything else POSTed has its first segment (where
   // --tls_node_api agents put their node key) masked.
@@ -86,6 +92,9 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
     };
     if (err.status >= 500) req.log.error(fields, "agent request failed on the server side");
     else req.log.warn(fields, "agent request refused");
+    if (err.code === "STORAGE_UNAVAILABLE") metrics?.storeErrors.inc();
+    if (kind === "start") metrics?.sessionsFailed.inc({ reason: err.code });
+    else metrics?.blocksRefused.inc({ reason: err.code });
   };
 
   const handleStart = async (body: unknown, req: Request, res: Response, pathNodeKey: string | undefined): Promise<void> => {
@@ -97,7 +106,7 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
     const b = parsed.data;
     const client = resolveClient(req, options.isTrustedProxy);
     try {
-      const { session } = await deps.carves.start({
+      const { session, created } = await deps.carves.start({
         blockCount: b.block_count,
         blockSize: b.block_size,
         carveSize: b.carve_size,
@@ -108,6 +117,7 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
         nodeKey: b.node_key || pathNodeKey || nodeKeyFromHeader(req) || "",
         agent: { address: client.address, userAgent: req.get("user-agent") ?? null, certificate: client.certificate },
       });
+      if (created) metrics?.sessionsStarted.inc();
       replyStartAccepted(res, session.sessionId);
     } catch (err) {
       logRefusal(req, "start", refuseStart(res, err));
@@ -131,6 +141,14 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
       });
       if (outcome.duplicate) {
         req.log.debug({ carveId: outcome.session.carveId, blockId: b.block_id }, "duplicate block acknowledged");
+        metrics?.blocksDuplicate.inc();
+      } else {
+        metrics?.blocksReceived.inc();
+        metrics?.bytesStored.inc(expectedBlockLength(outcome.session, b.block_id));
+      }
+      if (outcome.completedNow) {
+        metrics?.sessionsCompleted.inc();
+        metrics?.completionSeconds.observe((Date.now() - outcome.session.createdAt.getTime()) / 1000);
       }
       replyBlockAccepted(res);
     } catch (err) {
@@ -146,6 +164,7 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
       const limit = route === "start" ? START_BODY_LIMIT : blockLimit;
       const declared = Number(req.headers["content-length"] ?? limit);
       const release = await budget.acquire(3.5 * Math.min(Number.isFinite(declared) ? declared : limit, limit));
+      metrics?.inflightBytes.set(budget.inUse);
       try {
         let raw: Buffer;
         try {
@@ -172,6 +191,7 @@ export function agentRouter(deps: { carves: CarveService; logger: Logger }, opti
         logRefusal(req, "unknown", refuseNonJson(res, new AppError("UNKNOWN_REQUEST")));
       } finally {
         release();
+        metrics?.inflightBytes.set(budget.inUse);
       }
     };
 

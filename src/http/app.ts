@@ -10,6 +10,7 @@ import { proxyMatcher } from "./client-identity.js";
 import { refuseNonJson } from "./agent-reply.js";
 import { healthRouter } from "./health-routes.js";
 import { httpLogger, requestIdOf } from "./logging.js";
+import type { Metrics } from "../metrics.js";
 import { responderRouter } from "./responder-routes.js";
 
 export interface AppDeps {
@@ -23,6 +24,7 @@ export interface AppDeps {
   now?: () => Date;
   /** Which endpoints this listener serves (default both): agents and responders may get separate ports. */
   surfaces?: { agent: boolean; responder: boolean };
+  metrics?: Metrics;
 }
 
 /** Responder-facing error shape: `{"error": {"code", "message", "requestId"}}`. */
@@ -63,11 +65,11 @@ export function createApp(deps: AppDeps): Express {
     next();
   });
 
-  app.use(healthRouter({ store: deps.store, isShuttingDown }));
+  app.use(healthRouter({ store: deps.store, isShuttingDown, metrics: deps.metrics }));
   const surfaces = deps.surfaces ?? { agent: true, responder: true };
   if (surfaces.agent) app.use(
     agentRouter(
-      { carves: deps.carves, logger: deps.logger },
+      { carves: deps.carves, logger: deps.logger, metrics: deps.metrics },
       {
         startPath: config.agent.startPath,
         continuePath: config.agent.continuePath,
@@ -85,6 +87,7 @@ export function createApp(deps: AppDeps): Express {
       logger: deps.logger,
       isTrustedProxy: proxyMatcher(config.server.trustedProxies),
       expiry: { retentionDays: config.retention.days, abandonedAfterSeconds: config.retention.abandonedAfterHours * 3600 },
+      maxImportSize: config.import.maxSize,
       ...(deps.now ? { now: deps.now } : {}),
     }),
   );

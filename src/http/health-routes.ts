@@ -1,8 +1,21 @@
 import express, { type Router } from "express";
+import type { Metrics } from "../metrics.js";
 import type { CarveStore } from "../storage/carve-store.js";
 
-export function healthRouter(deps: { store: CarveStore; isShuttingDown: () => boolean }): Router {
+export function healthRouter(deps: {
+  store: CarveStore;
+  isShuttingDown: () => boolean;
+  metrics?: Metrics | undefined;
+}): Router {
   const router = express.Router();
+  // Prometheus exposition. Counts and sizes only: no carve ids, node keys or tokens in any label.
+  router.get("/metrics", async (_req, res) => {
+    if (!deps.metrics) {
+      res.status(404).json({ error: { code: "NOT_FOUND", message: "metrics disabled" } });
+      return;
+    }
+    res.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
+  });
   // Liveness, in the seed server's shape: the process answers HTTP.
   router.get("/status", (_req, res) => {
     res.json({ success: true });

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { AppError, safeErrorFields } from "../errors.js";
 import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
 import type { CarveStore, ExpiryCandidate, ExpiryCriteria } from "../storage/carve-store.js";
 
 export interface RetentionOptions {
@@ -57,6 +58,7 @@ export class RetentionJob {
       logger: Logger;
       options: RetentionOptions;
       now?: () => Date;
+      metrics?: Metrics;
     },
   ) {}
 
@@ -140,6 +142,7 @@ export class RetentionJob {
       summary.deleted++;
       summary.bytesFreed += result.bytesFreed;
       summary.byReason[candidate.reason]++;
+      this.deps.metrics?.sessionsExpired.inc({ reason: candidate.reason });
       logger.info(
         { carveId: candidate.carveId, reason: candidate.reason, bytesFreed: result.bytesFreed },
         "carve expired",
