@@ -21,6 +21,15 @@ export interface AgentInfo {
   certificate: CertificateIdentity | null;
 }
 
+/** A deep copy: records handed out never share mutable parts with a store's state. */
+export function copyAgent(agent: Omit<AgentInfo, "certificate"> & { certificate?: CertificateIdentity | null }): AgentInfo {
+  return {
+    address: agent.address ?? null,
+    userAgent: agent.userAgent ?? null,
+    certificate: agent.certificate ? { ...agent.certificate } : null,
+  };
+}
+
 /** Who did something through the responder API, as Vault described the token. Never the token itself. */
 export interface AuditActor {
   displayName: string | null;

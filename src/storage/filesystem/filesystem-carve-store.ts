@@ -38,6 +38,7 @@ import type {
   SessionSpec,
   StoreHealth,
 } from "../carve-store.js";
+import { copyAgent } from "../carve-store.js";
 import {
   auditMatches,
   compareAuditNewestFirst,
@@ -313,11 +314,7 @@ export class FilesystemCarveStore implements CarveStore {
       blockCount: meta.blockCount,
       blockSize: meta.blockSize,
       carveSize: meta.carveSize,
-      agent: {
-        address: meta.agent.address,
-        userAgent: meta.agent.userAgent,
-        certificate: meta.agent.certificate ? { ...meta.agent.certificate } : null,
-      },
+      agent: copyAgent(meta.agent),
       createdAt: new Date(meta.createdAt),
     };
   }
@@ -354,11 +351,7 @@ export class FilesystemCarveStore implements CarveStore {
       blockCount: spec.blockCount,
       blockSize: spec.blockSize,
       carveSize: spec.carveSize,
-      agent: {
-        address: spec.agent.address,
-        userAgent: spec.agent.userAgent,
-        certificate: spec.agent.certificate ? { ...spec.agent.certificate } : null,
-      },
+      agent: copyAgent(spec.agent),
       createdAt: this.now().toISOString(),
       status: "receiving",
       completedAt: null,
@@ -767,10 +760,7 @@ export class FilesystemCarveStore implements CarveStore {
     const c = carve.completion;
     return {
       ...carve.session,
-      agent: {
-        ...carve.session.agent,
-        certificate: carve.session.agent.certificate ? { ...carve.session.agent.certificate } : null,
-      },
+      agent: copyAgent(carve.session.agent),
       status: c ? "complete" : "receiving",
       updatedAt: carve.lastBlockAt,
       completedAt: c?.completedAt ?? null,
@@ -962,11 +952,7 @@ export class FilesystemCarveStore implements CarveStore {
       blockCount: 1,
       blockSize: 1,
       carveSize: 0,
-      agent: {
-        address: spec.agent.address,
-        userAgent: spec.agent.userAgent,
-        certificate: spec.agent.certificate ? { ...spec.agent.certificate } : null,
-      },
+      agent: copyAgent(spec.agent),
       createdAt: startedAt.toISOString(),
       status: "importing",
       completedAt: null,

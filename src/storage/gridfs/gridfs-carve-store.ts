@@ -35,6 +35,7 @@ import type {
   SessionSpec,
   StoreHealth,
 } from "../carve-store.js";
+import { copyAgent } from "../carve-store.js";
 import { decodeCursor, encodeAuditCursor, encodeCursor } from "../listing.js";
 
 /*
@@ -238,11 +239,7 @@ export class GridFsCarveStore implements CarveStore {
       blockCount: doc.blockCount,
       blockSize: doc.blockSize,
       carveSize: doc.carveSize,
-      agent: {
-        address: doc.agent.address,
-        userAgent: doc.agent.userAgent,
-        certificate: doc.agent.certificate ? { ...doc.agent.certificate } : null,
-      },
+      agent: copyAgent(doc.agent),
       createdAt: doc.createdAt,
     };
   }
@@ -295,11 +292,7 @@ export class GridFsCarveStore implements CarveStore {
       carveSize: spec.carveSize,
       chunkSize: spec.blockSize / k,
       chunksPerBlock: k,
-      agent: {
-        address: spec.agent.address,
-        userAgent: spec.agent.userAgent,
-        certificate: spec.agent.certificate ? { ...spec.agent.certificate } : null,
-      },
+      agent: copyAgent(spec.agent),
       createdAt: now,
       updatedAt: now,
       status: "receiving",
@@ -722,11 +715,7 @@ export class GridFsCarveStore implements CarveStore {
       carveSize: 0,
       chunkSize: IMPORT_CHUNK,
       chunksPerBlock: 1,
-      agent: {
-        address: spec.agent.address,
-        userAgent: spec.agent.userAgent,
-        certificate: spec.agent.certificate ? { ...spec.agent.certificate } : null,
-      },
+      agent: copyAgent(spec.agent),
       createdAt: now,
       updatedAt: now,
       status: "importing",
