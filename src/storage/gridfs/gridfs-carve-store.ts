@@ -10,6 +10,7 @@ import {
   isSafeId,
 } from "../../carves/geometry.js";
 import { LruMap } from "../../util/lru.js";
+import { ByteBudget } from "../../util/byte-budget.js";
 import type {
   AgentInfo,
   ArchiveHandle,
@@ -65,7 +66,9 @@ const MAX_CHUNK = 8 * 1024 * 1024;
 /** Marker fields live in the session document; this keeps it far below 16 MB (~13 bytes a block). */
 export const MAX_GRIDFS_BLOCKS = 500_000;
 /** Bytes of chunks fetched per query while hashing a completed carve. */
-const HASH_BATCH_BYTES = 16 * 1024 * 1024;
+const HASH_BATCH_BYTES = 4 * 1024 * 1024;
+/** Completions hashing at once in this process: memory stays bounded when many carves end together. */
+const CONCURRENT_FINALIZE = 2;
 
 /** "importing": an import is streaming in (invisible; retention removes it if its process died). */
 type SessionStatus = "receiving" | "completing" | "complete" | "deleting" | "importing";
@@ -169,6 +172,7 @@ export class GridFsCarveStore implements CarveStore {
   private readonly logger: Logger;
   /** Immutable session facts only; status always comes from the database. */
   private readonly sessionCache = new LruMap<string, Session>(10_000);
+  private readonly finalizeSlots = new ByteBudget(CONCURRENT_FINALIZE);
   private closed = false;
 
   private constructor(
@@ -439,6 +443,7 @@ export class GridFsCarveStore implements CarveStore {
   }
 
   private async finalizeClaimed(session: Session, claimedAt: Date): Promise<true> {
+    const release = await this.finalizeSlots.acquire(1);
     try {
       await this.finalize(session);
       return true;
@@ -451,6 +456,8 @@ export class GridFsCarveStore implements CarveStore {
         )
         .catch(() => undefined);
       throw err;
+    } finally {
+      release();
     }
   }
 

@@ -1,0 +1,195 @@
+/**
+ * Child processes for the benchmark: spawn a Node script, wait until it answers GET /status, watch its
+ * memory (VmRSS sampled, VmHWM at the end) and CPU time from /proc, stop it with SIGTERM.
+ */
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import net from "node:net";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+
+/** Repository root (this file runs from dist/scripts/bench/). */
+export const ROOT = path.resolve(import.meta.dirname, "../../..");
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+let clockTicks: number | undefined;
+/** Clock ticks per second of /proc/<pid>/stat times (getconf CLK_TCK, 100 on Linux in practice). */
+function ticksPerSecond(): number {
+  if (clockTicks === undefined) {
+    try {
+      clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  return clockTicks;
+}
+
+/** VmRSS and VmHWM of a live process, in bytes (null when it is gone). */
+export async function readMemory(pid: number): Promise<{ rss: number; hwm: number } | null> {
+  let text: string;
+  try {
+    text = await readFile(`/proc/${pid}/status`, "utf8");
+  } catch {
+    return null;
+  }
+  const kb = (name: string): number => {
+    const m = new RegExp(`^${name}:\\s+(\\d+)\\s+kB`, "m").exec(text);
+    return m?.[1] !== undefined ? Number(m[1]) * 1024 : 0;
+  };
+  return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
+}
+
+/** User + system CPU seconds a live process has used so far (null when it is gone). */
+export async function readCpuSeconds(pid: number): Promise<number | null> {
+  let text: string;
+  try {
+    text = await readFile(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return null;
+  }
+  // Fields after the ")" that closes the command name: state is field 3, utime 14, stime 15.
+  const rest = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  const utime = Number(rest[11]);
+  const stime = Number(rest[12]);
+  if (!Number.isFinite(utime) || !Number.isFinite(stime)) return null;
+  return (utime + stime) / ticksPerSecond();
+}
+
+/** Samples VmRSS every `intervalMs` and keeps the maximum. */
+export class RssSampler {
+  private timer: NodeJS.Timeout | undefined;
+  private reading = false;
+  maxRss = 0;
+  samples = 0;
+  /** [ms since start(), VmRSS in MB (10^6 bytes), one decimal] per sample. */
+  readonly timeline: Array<[number, number]> = [];
+  private t0 = 0;
+
+  constructor(
+    private readonly pid: number,
+    private readonly intervalMs = 100,
+  ) {}
+
+  start(): void {
+    this.t0 = performance.now();
+    this.timer = setInterval(() => {
+      if (this.reading) return;
+      this.reading = true;
+      readMemory(this.pid)
+        .then((m) => {
+          if (m) {
+            this.samples++;
+            this.timeline.push([Math.round(performance.now() - this.t0), Math.round(m.rss / 100_000) / 10]);
+            if (m.rss > this.maxRss) this.maxRss = m.rss;
+          }
+        })
+        .catch(() => undefined)
+        .finally(() => {
+          this.reading = false;
+        });
+    }, this.intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+}
+
+export interface NodeChild {
+  proc: ChildProcess;
+  pid: number;
+  url: string;
+  /** Last lines of the child's stdout and stderr (bounded). */
+  tail(): string[];
+  exited: Promise<number | null>;
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves with the exit code (null when killed). */
+  stop(graceMs?: number): Promise<number | null>;
+}
+
+const TAIL_LINES = 60;
+
+/**
+ * Runs `node [nodeArgs] script` with exactly `env` (plus PATH and HOME) and waits until
+ * GET <url>/status answers 200.
+ */
+export async function spawnNodeService(opts: {
+  script: string;
+  nodeArgs?: string[];
+  env: Record<string, string>;
+  port: number;
+  /** Working directory (default: the repository root). */
+  cwd?: string;
+  timeoutMs?: number;
+}): Promise<NodeChild> {
+  const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), opts.script], {
+    cwd: opts.cwd ?? ROOT,
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", ...opts.env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const lines: string[] = [];
+  const collect = (chunk: Buffer): void => {
+    for (const line of chunk.toString("utf8").split("\n")) {
+      if (line === "") continue;
+      lines.push(line.length > 2000 ? `${line.slice(0, 2000)}...` : line);
+      if (lines.length > TAIL_LINES) lines.shift();
+    }
+  };
+  proc.stdout?.on("data", collect);
+  proc.stderr?.on("data", collect);
+  let exitCode: number | null | undefined;
+  const exited = new Promise<number | null>((resolve) => {
+    proc.once("exit", (code) => {
+      exitCode = code;
+      resolve(code);
+    });
+  });
+  const url = `http://127.0.0.1:${opts.port}`;
+  const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
+  for (;;) {
+    if (exitCode !== undefined) {
+      throw new Error(`${opts.script} exited with ${String(exitCode)} before listening:\n${lines.join("\n")}`);
+    }
+    try {
+      const res = await fetch(`${url}/status`, { signal: AbortSignal.timeout(2000) });
+      await res.arrayBuffer();
+      if (res.ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      proc.kill("SIGKILL");
+      throw new Error(`${opts.script} did not answer GET /status:\n${lines.join("\n")}`);
+    }
+    await sleep(50);
+  }
+  const pid = proc.pid;
+  if (pid === undefined) throw new Error(`${opts.script}: no pid`);
+  return {
+    proc,
+    pid,
+    url,
+    tail: () => [...lines],
+    exited,
+    stop: async (graceMs = 20_000): Promise<number | null> => {
+      if (exitCode !== undefined) return exitCode;
+      proc.kill("SIGTERM");
+      const timer = setTimeout(() => proc.kill("SIGKILL"), graceMs);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}

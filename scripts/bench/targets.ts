@@ -1,0 +1,236 @@
+/**
+ * What the benchmark drives: the carve service on one backend (a fresh data directory or a fresh MongoDB
+ * database per case), or the bare reference server. Each is a child process on its own free port.
+ */
+import { execFile } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { cp, mkdir, mkdtemp, rm, stat, symlink, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { promisify } from "node:util";
+import { MongoClient } from "mongodb";
+
+import { freePort, ROOT, spawnNodeService, type NodeChild } from "./proc.js";
+
+const run = promisify(execFile);
+
+export type TargetKind = "bare" | "filesystem" | "gridfs";
+
+export const BUCKET = "carves";
+
+export interface Verification {
+  ok: boolean;
+  detail?: string;
+}
+
+export interface RunningTarget {
+  kind: TargetKind;
+  child: NodeChild;
+  /** Checks that carve `carveId` is stored complete with this SHA-256 and size (always ok for bare). */
+  verify(carveId: string, expectedSha256: string, size: number): Promise<Verification>;
+  /** Stops the child if it still runs, then removes its data (directory or database). */
+  dispose(): Promise<void>;
+}
+
+export interface TargetOptions {
+  /** Parent of per-case data directories, and the children's working directory. */
+  tmpRoot: string;
+  /** The build the children run (see snapshotBuild). */
+  build: BuildSnapshot;
+  logLevel: string;
+  /** Extra node options for the child (e.g. --cpu-prof). */
+  nodeArgs: string[];
+  /** Extra environment of the service child (not the bare server), e.g. MALLOC_ARENA_MAX. */
+  serviceEnv: Record<string, string>;
+  mongo?: MongoWire;
+}
+
+export async function sha256OfFile(file: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(file, { highWaterMark: 1024 * 1024 })) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+// ------------------------------------------------------------------------------------------------ MongoDB
+
+export interface MongoWire {
+  uri: string;
+  dir: string;
+  /** The server's JVM process (for its CPU time), null if unknown. */
+  pid: number | null;
+  client: MongoClient;
+  stop(): Promise<void>;
+}
+
+const MONGO_WIRE = path.join(ROOT, "scripts/mongo-wire.sh");
+
+/**
+ * Starts the MongoDB-wire server of the test suite (scripts/mongo-wire.sh: mongo-java-server with its H2
+ * backend; FerretDB cannot be installed here). Its throughput is not MongoDB's.
+ */
+export async function startMongoWire(tmpRoot: string): Promise<MongoWire> {
+  const dir = await mkdtemp(path.join(tmpRoot, "mongo-"));
+  const port = await freePort();
+  const { stdout } = await run("bash", [MONGO_WIRE, "start", dir, String(port)], { timeout: 600_000 });
+  const uri = stdout.trim().split("\n").pop() ?? "";
+  if (!uri.startsWith("mongodb://")) throw new Error(`mongo-wire.sh did not print a URI: ${stdout}`);
+  const status = await run("bash", [MONGO_WIRE, "status", dir]).catch(() => ({ stdout: "" }));
+  const pid = Number.parseInt(status.stdout.trim(), 10);
+  const client = new MongoClient(uri, { serverSelectionTimeoutMS: 10_000 });
+  await client.connect();
+  return {
+    uri,
+    dir,
+    pid: Number.isInteger(pid) && pid > 0 ? pid : null,
+    client,
+    stop: async () => {
+      await client.close().catch(() => undefined);
+      await run("bash", [MONGO_WIRE, "stop", dir]).catch(() => undefined);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+// ------------------------------------------------------------------------------------------------ targets
+
+export interface BuildSnapshot {
+  serviceScript: string;
+  bareScript: string;
+}
+
+/**
+ * Copies the compiled service (`serviceDist`/src, default dist/src) and the bare server into `dir`, so that a rebuild of dist/ by
+ * someone else during a long run cannot change what is measured half-way. Bare imports still resolve: the
+ * copy gets a package.json ("type": "module") and a node_modules symlink to the repository's.
+ */
+export async function snapshotBuild(dir: string, serviceDist = path.join(ROOT, "dist")): Promise<BuildSnapshot> {
+  await mkdir(path.join(dir, "dist/scripts/bench"), { recursive: true });
+  await cp(path.join(serviceDist, "src"), path.join(dir, "dist/src"), { recursive: true });
+  const bareScript = path.join(dir, "dist/scripts/bench/bare-server.js");
+  await cp(path.join(ROOT, "dist/scripts/bench/bare-server.js"), bareScript);
+  await writeFile(path.join(dir, "package.json"), '{ "private": true, "type": "module" }\n');
+  await symlink(path.join(ROOT, "node_modules"), path.join(dir, "node_modules"), "dir");
+  return { serviceScript: path.join(dir, "dist/src/main.js"), bareScript };
+}
+
+/**
+ * The service's environment: built-in defaults plus these variables only. No configuration file: the
+ * children run in the benchmark's tmp directory, so conf/carve-server.yml (which may be mid-edit) is not read.
+ */
+function serviceEnv(port: number, logLevel: string): Record<string, string> {
+  return {
+    CARVE_HOST: "127.0.0.1",
+    CARVE_PORT: String(port),
+    LOG_LEVEL: logLevel,
+    CARVE_MAX_BLOCK_SIZE: "8MiB",
+    CARVE_MAX_CARVE_SIZE: "8GiB",
+    CARVE_SHUTDOWN_GRACE_SECONDS: "10",
+  };
+}
+
+export async function startTarget(kind: TargetKind, opts: TargetOptions): Promise<RunningTarget> {
+  const port = await freePort();
+  if (kind === "bare") {
+    const child = await spawnNodeService({
+      script: opts.build.bareScript,
+      nodeArgs: opts.nodeArgs,
+      cwd: opts.tmpRoot,
+      env: { BENCH_PORT: String(port), BENCH_HOST: "127.0.0.1" },
+      port,
+    });
+    return {
+      kind,
+      child,
+      verify: () => Promise.resolve({ ok: true }),
+      dispose: async () => {
+        await child.stop();
+      },
+    };
+  }
+
+  const dataDir = await mkdtemp(path.join(opts.tmpRoot, `${kind}-`));
+  if (kind === "filesystem") {
+    const child = await spawnNodeService({
+      script: opts.build.serviceScript,
+      nodeArgs: opts.nodeArgs,
+      cwd: opts.tmpRoot,
+      env: {
+        ...opts.serviceEnv,
+        ...serviceEnv(port, opts.logLevel),
+        CARVE_STORAGE: "filesystem",
+        CARVE_DATA_DIR: dataDir,
+      },
+      port,
+    });
+    return {
+      kind,
+      child,
+      verify: async (carveId, expected, size) => {
+        const file = path.join(dataDir, "carves", `${carveId}.tar`);
+        // Completion happens inside the last block's request; allow a moment anyway.
+        for (let i = 0; ; i++) {
+          try {
+            const st = await stat(file);
+            if (st.size !== size) return { ok: false, detail: `${file}: ${st.size} bytes, expected ${size}` };
+            break;
+          } catch {
+            if (i >= 50) return { ok: false, detail: `${file} does not exist` };
+            await sleep(100);
+          }
+        }
+        const actual = await sha256OfFile(file);
+        return actual === expected
+          ? { ok: true }
+          : { ok: false, detail: `${file}: sha256 ${actual}, expected ${expected}` };
+      },
+      dispose: async () => {
+        await child.stop();
+        await rm(dataDir, { recursive: true, force: true });
+      },
+    };
+  }
+
+  const mongo = opts.mongo;
+  if (!mongo) throw new Error("gridfs target needs the MongoDB-wire server");
+  const database = `carve_bench_${randomBytes(6).toString("hex")}`;
+  const child = await spawnNodeService({
+    script: opts.build.serviceScript,
+    nodeArgs: opts.nodeArgs,
+    cwd: opts.tmpRoot,
+    env: {
+      ...opts.serviceEnv,
+      ...serviceEnv(port, opts.logLevel),
+      CARVE_STORAGE: "gridfs",
+      CARVE_DATA_DIR: dataDir,
+      CARVE_MONGODB_URI: mongo.uri,
+      CARVE_MONGODB_DATABASE: database,
+      CARVE_GRIDFS_BUCKET: BUCKET,
+    },
+    port,
+  });
+  const files = mongo.client
+    .db(database)
+    .collection<{ length: number; metadata?: { sha256?: unknown } }>(`${BUCKET}.files`);
+  return {
+    kind,
+    child,
+    verify: async (carveId, expected, size) => {
+      const doc = await files.findOne({ filename: `${carveId}.tar` });
+      if (!doc) return { ok: false, detail: `no ${BUCKET}.files document for ${carveId}.tar` };
+      if (doc.length !== size) return { ok: false, detail: `${carveId}: length ${doc.length}, expected ${size}` };
+      const actual = doc.metadata?.sha256;
+      return actual === expected
+        ? { ok: true }
+        : { ok: false, detail: `${carveId}: metadata.sha256 ${String(actual)}, expected ${expected}` };
+    },
+    dispose: async () => {
+      await child.stop();
+      await mongo.client
+        .db(database)
+        .dropDatabase()
+        .catch(() => undefined);
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
