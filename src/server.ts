@@ -2,6 +2,7 @@ import { watch, type FSWatcher } from "node:fs";
 import http from "node:http";
 import type https from "node:https";
 import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
 import { unconfiguredAuthorizer, type Authorizer } from "./auth/authorizer.js";
 import { CarveService } from "./carves/carve-service.js";
 import { RetentionJob } from "./jobs/retention.js";
@@ -51,6 +52,27 @@ function tlsFilesOf(config: Config, which: "main" | "responder"): TlsFiles | nul
   const { cert, key, clientCa } = config.server.tls;
   if (!cert || !key) return null;
   return { cert, key, clientCa: which === "main" ? clientCa : config.server.responder.tlsClientCa };
+}
+
+/**
+ * Node answers a request timeout or an unparsable request itself, with an empty body, which osquery counts
+ * as success: answer with a non-JSON body instead, so an agent retries or stops.
+ */
+function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (!socket.writable || err.code === "ECONNRESET") {
+    socket.destroy();
+    return;
+  }
+  const [status, code] =
+    err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+      ? ["408 Request Timeout", "REQUEST_TIMEOUT: the request was not received in time"]
+      : err.code === "HPE_HEADER_OVERFLOW"
+        ? ["431 Request Header Fields Too Large", "HEADERS_TOO_LARGE: request headers too large"]
+        : ["400 Bad Request", "BAD_REQUEST: malformed HTTP request"];
+  const body = `refused: ${code}\n`;
+  socket.end(
+    `HTTP/1.1 ${status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
 }
 
 async function listen(server: http.Server, port: number, host: string): Promise<number> {
@@ -113,7 +135,10 @@ export async function startService(options: StartOptions): Promise<RunningServic
   ): Promise<void> => {
     const app = appFor(surfaces);
     const tls = tlsFilesOf(config, name);
-    const server = tls ? createTlsServer(app, tls) : http.createServer(app);
+    // Request timeouts are checked every second (Node's default is every 30 s).
+    const serverOptions = { connectionsCheckingInterval: 1000 };
+    const server = tls ? createTlsServer(app, tls, serverOptions) : http.createServer(serverOptions, app);
+    server.on("clientError", (err: NodeJS.ErrnoException, socket) => answerClientError(err, socket));
     server.requestTimeout = config.server.requestTimeoutSeconds * 1000;
     server.headersTimeout = Math.min(30_000, server.requestTimeout);
     // Longer than NGINX's upstream keepalive_timeout default (60 s) so NGINX closes idle connections first.

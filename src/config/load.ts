@@ -11,6 +11,7 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
   CARVE_HOST: ["server", "host"],
   CARVE_PORT: ["server", "port"],
   CARVE_SHUTDOWN_GRACE_SECONDS: ["server", "shutdownGraceSeconds"],
+  CARVE_REQUEST_TIMEOUT_SECONDS: ["server", "requestTimeoutSeconds"],
   CARVE_TRUSTED_PROXIES: ["server", "trustedProxies"],
   CARVE_TLS_CERT: ["server", "tls", "cert"],
   CARVE_TLS_KEY: ["server", "tls", "key"],

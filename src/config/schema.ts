@@ -110,7 +110,7 @@ export const configSchema = z
         maxBlockSize: byteSize(MIN_BLOCK_SIZE, HARD_MAX_BLOCK_SIZE).default(8 * 1024 * 1024),
         maxCarveSize: byteSize(1024, HARD_MAX_CARVE_SIZE).default(4 * 1024 ** 3),
         /**
-         * Memory budget for agent requests being read and processed at once (about 3.5 x body size each);
+         * Bytes of agent request bodies admitted at once (each also holds ~2.5 x its body while processed);
          * requests beyond it wait, unread, so memory does not grow with the number of agents.
          */
         inflightBytes: byteSize(1024 * 1024, 4 * 1024 ** 3).default(32 * 1024 * 1024),

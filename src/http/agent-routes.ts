@@ -79,8 +79,9 @@ export function agentRouter(
   // --tls_node_api agents put their node key) masked.
   registerAgentPaths(deps.logger, [options.startPath, options.continuePath]);
   const blockLimit = blockBodyLimit(options.maxBlockSize);
-  // Memory is bounded by this budget, not by the number of agents: a body is read only once it fits.
-  // A body's decoded copies (string, block) cost about 2.5 x its size on top, hence the factor.
+  // Memory is bounded by this budget, not by the number of agents: a body is read only once its bytes fit.
+  // Each admitted request also holds its decoded copies while it is processed (about 2.5 x its body), so
+  // the budget bounds memory to roughly 3.5 x itself. A slow sender holds only its own body's share.
   const budget = new ByteBudget(options.inflightBodyBytes);
 
   const logRefusal = (req: Request, kind: Kind | "unknown", err: AppError): void => {
@@ -162,8 +163,11 @@ export function agentRouter(
       // Present only on the --tls_node_api routes (the path's first segment). Never logged.
       const pathNodeKey = typeof req.params.nodeKey === "string" ? req.params.nodeKey : undefined;
       const limit = route === "start" ? START_BODY_LIMIT : blockLimit;
-      const declared = Number(req.headers["content-length"] ?? limit);
-      const release = await budget.acquire(3.5 * Math.min(Number.isFinite(declared) ? declared : limit, limit));
+      const declared = Number(req.headers["content-length"]);
+      // osquery always sends Content-Length; a chunked body (other clients) is charged a nominal share and
+      // is still cut at the limit.
+      const share = Number.isFinite(declared) && declared >= 0 ? Math.min(declared, limit) : 64 * 1024;
+      const release = await budget.acquire(share);
       metrics?.inflightBytes.set(budget.inUse);
       try {
         let raw: Buffer;

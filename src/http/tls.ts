@@ -51,11 +51,12 @@ async function read(files: TlsFiles): Promise<Material> {
  * (none, another CA's, expired) are refused during the handshake: no request ever reaches the app.
  * @throws Error when a file cannot be read or the key does not match the certificate.
  */
-export function createTlsServer(app: RequestListener, files: TlsFiles): https.Server {
+export function createTlsServer(app: RequestListener, files: TlsFiles, serverOptions: https.ServerOptions = {}): https.Server {
   const material = readSync(files);
   tls.createSecureContext(contextOptions(material)); // fail at start-up, with OpenSSL's reason
   return https.createServer(
     {
+      ...serverOptions,
       ...contextOptions(material),
       requestCert: Boolean(files.clientCa),
       rejectUnauthorized: Boolean(files.clientCa),

@@ -30,6 +30,8 @@ describe("decodeBlockData", () => {
     ["non-ASCII", "YWJj\u00e9A==", 4],
     ["missing padding", "YWJjZA", 4],
     ["three pads", "YW===", 1],
+    ["a character Node reads by its low byte", "\u0141AAA", 3],
+    ["non-canonical trailing bits", "YWJjZB==", 4],
   ])("refuses %s as INVALID_BASE64", (_label, text, expected) => {
     expect(codeOf(() => decodeBlockData(text, expected))).toBe("INVALID_BASE64");
   });

@@ -541,8 +541,9 @@ export class FilesystemCarveStore implements CarveStore {
 
   /** Path of the bytes of a receiving carve: data.part, or the final file if completion was interrupted. */
   private async locateData(carveId: string): Promise<string> {
-    const candidates = [this.partPath(carveId), this.finalPath(carveId, "none"), this.finalPath(carveId, "zstd")];
-    for (const c of candidates) {
+    // A file in carves/ is only ever the complete data (it is renamed there after every block is stored and
+    // synced), so it wins over any data.part; a stray data.part next to it is removed by the completion.
+    for (const c of [this.finalPath(carveId, "none"), this.finalPath(carveId, "zstd"), this.partPath(carveId)]) {
       try {
         await fsp.access(c);
         return c;
@@ -550,7 +551,7 @@ export class FilesystemCarveStore implements CarveStore {
         // try the next
       }
     }
-    return candidates[0] as string;
+    return this.partPath(carveId);
   }
 
   async putBlock(session: Session, blockId: number, data: Buffer): Promise<PutBlockResult> {
@@ -577,18 +578,18 @@ export class FilesystemCarveStore implements CarveStore {
           await this.compareStored(carve, blockId, data);
           return { duplicate: true, complete: true, completedNow: false };
         }
+        if (carve.received === carve.session.blockCount) {
+          // Every block is stored but the completion was interrupted (crash, disk full): this re-send (the
+          // agent never got its answer) finishes it, then is compared with the completed archive.
+          await this.finalize(carve);
+          await this.compareStored(carve, blockId, data);
+          return { duplicate: true, complete: true, completedNow: true };
+        }
         if (carve.has(blockId)) {
           const fd = await this.dataFile(carve);
           const stored = await FilesystemCarveStore.readFully(fd, data.length, offset);
           if (!stored.equals(data)) throw new AppError("BLOCK_CONFLICT");
           return { duplicate: true, complete: false, completedNow: false };
-        }
-        if (carve.received === carve.session.blockCount) {
-          // Every block is stored but completion was interrupted (crash): this one is a different block id,
-          // which cannot happen, so finish the completion first.
-          await this.finalize(carve);
-          await this.compareStored(carve, blockId, data);
-          return { duplicate: true, complete: true, completedNow: false };
         }
         const fd = await this.dataFile(carve);
         await FilesystemCarveStore.writeFully(fd, data, offset);
@@ -689,6 +690,8 @@ export class FilesystemCarveStore implements CarveStore {
       if (source !== target) {
         await fsp.rename(source, target);
         await this.fsyncDir(this.p("carves"));
+      } else {
+        await fsp.rm(this.partPath(carveId), { force: true }); // an empty leftover, never data
       }
       const meta = await this.readMeta(carveId);
       if (!meta) throw new Error(`meta of ${carveId} vanished during completion`);

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Binary, GridFSBucket, MongoClient, type Collection, type Db, type Filter, type ObjectId } from "mongodb";
 import { AppError } from "../../errors.js";
@@ -56,7 +56,8 @@ import { decodeCursor, encodeAuditCursor, encodeCursor } from "../listing.js";
  *
  * Nothing is held in memory between requests except immutable session facts: no upload stream, no
  * reassembly buffer. Completion is claimed with a conditional update (receiving -> completing) by exactly
- * one process; a claim left by a crashed process is taken over after `staleCompletionMs`.
+ * one process, which refreshes its claim (heartbeat) after every batch it hashes; a claim not refreshed for
+ * `staleCompletionMs` belongs to a dead process and is taken over, soon enough for the agent's own retries.
  *
  * Every chunk is at most MAX_CHUNK bytes (well under MongoDB's 16 MB document limit): a larger block is
  * split into k equal chunks, k dividing the block size, so block boundaries stay chunk boundaries.
@@ -91,6 +92,8 @@ interface SessionDoc {
   updatedAt: Date;
   status: SessionStatus;
   completingSince?: Date | null;
+  /** Random token of the process (call) holding the completion claim. */
+  completer?: string | null;
   deletingSince?: Date | null;
   blocksReceived: number;
   bytesReceived: number;
@@ -187,8 +190,9 @@ export class GridFsCarveStore implements CarveStore {
     this.audit = db.collection<AuditDoc>(`${b}.audit`);
     this.gridfs = new GridFSBucket(db, { bucketName: b });
     this.now = options.now ?? (() => new Date());
-    this.completionWaitMs = options.completionWaitMs ?? 10_000;
-    this.staleCompletionMs = options.staleCompletionMs ?? 60_000;
+    // Both below osquery's 16 s request deadline, so a retried block takes over a dead claim in time.
+    this.completionWaitMs = options.completionWaitMs ?? 12_000;
+    this.staleCompletionMs = options.staleCompletionMs ?? 10_000;
     this.logger = options.logger;
   }
 
@@ -411,12 +415,12 @@ export class GridFsCarveStore implements CarveStore {
     const deadline = Date.now() + this.completionWaitMs;
     const key = { _id: session.carveId, sessionId: session.sessionId };
     for (;;) {
-      const claimedAt = this.now();
+      const token = randomUUID();
       const claim = await this.sessions.updateOne(
         { ...key, status: "receiving", blocksReceived: session.blockCount },
-        { $set: { status: "completing", completingSince: claimedAt } },
+        { $set: { status: "completing", completingSince: this.now(), completer: token } },
       );
-      if (claim.modifiedCount === 1) return this.finalizeClaimed(session, claimedAt);
+      if (claim.modifiedCount === 1) return this.finalizeClaimed(session, token);
       const current = await this.sessions.findOne(key, NO_MARKERS);
       if (!current || current.status === "deleting") throw new AppError("UNKNOWN_SESSION");
       if (current.status === "complete") return false;
@@ -425,14 +429,13 @@ export class GridFsCarveStore implements CarveStore {
         current.completingSince &&
         this.now().getTime() - current.completingSince.getTime() > this.staleCompletionMs
       ) {
-        const takeoverAt = this.now();
         const takeover = await this.sessions.updateOne(
-          { ...key, status: "completing", completingSince: current.completingSince },
-          { $set: { completingSince: takeoverAt } },
+          { ...key, status: "completing", completer: current.completer ?? null, completingSince: current.completingSince },
+          { $set: { completingSince: this.now(), completer: token } },
         );
         if (takeover.modifiedCount === 1) {
           this.logger.warn({ carveId: session.carveId }, "taking over a completion abandoned by another process");
-          return this.finalizeClaimed(session, takeoverAt);
+          return this.finalizeClaimed(session, token);
         }
       }
       if (Date.now() > deadline) {
@@ -442,17 +445,17 @@ export class GridFsCarveStore implements CarveStore {
     }
   }
 
-  private async finalizeClaimed(session: Session, claimedAt: Date): Promise<true> {
+  private async finalizeClaimed(session: Session, token: string): Promise<true> {
     const release = await this.finalizeSlots.acquire(1);
     try {
-      await this.finalize(session);
+      await this.finalize(session, token);
       return true;
     } catch (err) {
-      // Give the claim back so the next block re-send (or another process) retries at once.
+      // Give the claim back (if still ours) so the next block re-send, or another process, retries at once.
       await this.sessions
         .updateOne(
-          { _id: session.carveId, sessionId: session.sessionId, status: "completing", completingSince: claimedAt },
-          { $set: { status: "receiving", completingSince: null } },
+          { _id: session.carveId, sessionId: session.sessionId, status: "completing", completer: token },
+          { $set: { status: "receiving", completingSince: null, completer: null } },
         )
         .catch(() => undefined);
       throw err;
@@ -462,7 +465,7 @@ export class GridFsCarveStore implements CarveStore {
   }
 
   /** Hashes the stored chunks in order, writes the GridFS files document, marks the carve complete. */
-  private async finalize(session: Session): Promise<void> {
+  private async finalize(session: Session, token: string): Promise<void> {
     const k = chunksPerBlock(session.blockSize) ?? 1;
     const chunkSize = session.blockSize / k;
     const totalChunks = Math.ceil(session.carveSize / chunkSize);
@@ -486,15 +489,25 @@ export class GridFsCarveStore implements CarveStore {
         if (n === 0) head = Buffer.from(bytes.subarray(0, 4));
         hash.update(bytes);
       }
+      // Heartbeat: the claim stays ours while we make progress; if another process took it over, stop.
+      const beat = await this.sessions.updateOne(
+        { _id: session.carveId, sessionId: session.sessionId, status: "completing", completer: token },
+        { $set: { completingSince: this.now() } },
+      );
+      if (beat.matchedCount !== 1) throw new AppError("STORAGE_UNAVAILABLE", "completion claim lost");
     }
     const sha256 = hash.digest("hex");
     const compression = detectCompression(head);
     const completedAt = this.now();
     await this.insertFileDoc(session, { chunkSize, sha256, compression, completedAt });
-    await this.sessions.updateOne(
-      { _id: session.carveId, sessionId: session.sessionId, status: "completing" },
-      { $set: { status: "complete", sha256, compression, completedAt, completingSince: null }, $unset: { b: "" } },
+    const done = await this.sessions.updateOne(
+      { _id: session.carveId, sessionId: session.sessionId, status: "completing", completer: token },
+      {
+        $set: { status: "complete", sha256, compression, completedAt, completingSince: null, completer: null },
+        $unset: { b: "" },
+      },
     );
+    if (done.matchedCount !== 1) throw new AppError("STORAGE_UNAVAILABLE", "completion claim lost");
     this.logger.info(
       { carveId: session.carveId, sha256, compression, carveSize: session.carveSize, blockCount: session.blockCount },
       "carve complete",
