@@ -23,6 +23,7 @@ import { maskNodeKeyInUrl } from "../../src/http/logging.js";
 import { sha256 } from "../support/carve-data.js";
 import { grpcFrame, startFleetManagerDouble, type FleetManagerDouble } from "../support/fleet-manager-double.js";
 import { ROOT, freePort, spawnService, type ChildService } from "../support/service.js";
+import { startVaultDouble, type VaultDouble } from "../support/vault-double.js";
 
 const run = promisify(execFile);
 const TEMPLATES = path.join(ROOT, "nginx/templates");
@@ -345,6 +346,8 @@ let svc: ChildService;
 let svcUpstream: string;
 let dataDir: string;
 let fleet: FleetManagerDouble;
+let vault: VaultDouble;
+const RESPONDER_TOKEN = `hvs.CAE${randomBytes(12).toString("hex")}`;
 
 interface MetaFile {
   carveId: string;
@@ -401,7 +404,14 @@ beforeAll(async () => {
   work = await mkdtemp(path.join(tmpdir(), "carve-front-"));
   pki = await makePki(path.join(work, "pki"), ["agent-1", "agent-2", "agent-3", "agent-rate"]);
   dataDir = path.join(work, "data");
-  svc = await spawnService({ CARVE_DATA_DIR: dataDir, LOG_LEVEL: "debug", CARVE_MAX_BLOCK_SIZE: String(MAX_BLOCK) });
+  vault = await startVaultDouble();
+  vault.addToken(RESPONDER_TOKEN, { policies: ["osquery-carve-download"], displayName: "ldap-responder" });
+  svc = await spawnService({
+    CARVE_DATA_DIR: dataDir,
+    LOG_LEVEL: "debug",
+    CARVE_MAX_BLOCK_SIZE: String(MAX_BLOCK),
+    VAULT_ADDR: vault.url,
+  });
   svcUpstream = new URL(svc.url).host;
   fleet = await startFleetManagerDouble({
     cert: await readFile(path.join(pki.dir, "server.pem")),
@@ -411,6 +421,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await fleet?.close();
+  await vault?.close();
   if (svc) {
     svc.proc.kill("SIGTERM");
     await svc.exited;
@@ -735,6 +746,37 @@ describe("NGINX front with a fleet manager, mutual TLS", () => {
     expect(access).toContain('"uri":"/[node-key]/upload_blocks"');
     expect(access).toContain('"uri":"/[node-key]/"');
     expect(fleet.requests.some((r) => r.path.includes(nodeKey))).toBe(false);
+  });
+
+  it("lets a responder download a carve with curl through NGINX with a Vault token, in full and resumed", async () => {
+    const { archive, carveId } = await randomArchive(3 * MAX_BLOCK + 777);
+    const result = await runCarve({
+      baseUrl: front.agentUrl,
+      startEndpoint: "/start_uploads",
+      continueEndpoint: "/upload_blocks",
+      archivePath: archive.path,
+      carveId,
+      blockSize: MAX_BLOCK,
+      tls: agentTls("agent-1"),
+    });
+    expect(result.status).toBe("SUCCESS");
+    const url = `${front.responderUrl}/api/v1/carves/${carveId}/archive`;
+    const out = path.join(work, `${carveId}.download.tar`);
+    const curl = (...args: string[]) =>
+      promisify(execFile)("curl", ["-fsS", "--cacert", path.join(pki.dir, "ca.pem"), "-H", `X-Vault-Token: ${RESPONDER_TOKEN}`, ...args], {
+        timeout: 30_000,
+      });
+    await curl("-o", out, url);
+    expect(sha256(await readFile(out))).toBe(archive.sha256);
+    // an interrupted download, resumed with curl -C - (HTTP Range through NGINX)
+    await writeFile(out, (await readFile(out)).subarray(0, MAX_BLOCK + 3));
+    await curl("-C", "-", "-o", out, url);
+    expect(sha256(await readFile(out))).toBe(archive.sha256);
+    // without a token: 401, nothing sent
+    const denied = await request(url, { method: "GET", ca: pki.ca });
+    expect(denied.status).toBe(401);
+    expect(denied.body).not.toContain(RESPONDER_TOKEN);
+    expect(svc.output.some((l) => l.includes(RESPONDER_TOKEN))).toBe(false);
   });
 
   it("routes the responder paths on the responder port to the service, and nothing else", async () => {
