@@ -34,6 +34,20 @@ export const ERROR_CODES = {
   IMPORT_HASH_MISMATCH: { status: 422, message: "imported file does not match the expected sha256; nothing was kept" },
   IMPORT_EMPTY: { status: 400, message: "imported file is empty" },
   IMPORT_ABORTED: { status: 400, message: "the upload ended before the whole file arrived; nothing was kept" },
+  // responder API: the multipart import request (POST /api/v1/carves/import)
+  IMPORT_NOT_MULTIPART: { status: 415, message: "an import must be sent as multipart/form-data (curl -F)" },
+  IMPORT_MALFORMED: { status: 400, message: "the multipart body is malformed; nothing was kept" },
+  IMPORT_FILE_MISSING: { status: 400, message: "the import has no file part (curl -F file=@<path>)" },
+  IMPORT_TOO_MANY_FILES: { status: 400, message: "an import takes exactly one file part; nothing was kept" },
+  IMPORT_UNKNOWN_FIELD: { status: 400, message: "unknown form field (allowed: source_host, original_path, description, sha256, file)" },
+  IMPORT_FIELD_INVALID: { status: 400, message: "invalid form field" },
+  IMPORT_FIELD_AFTER_FILE: { status: 400, message: "form fields must come before the file part (with curl, put -F file=@... last); nothing was kept" },
+  // responder API: verification against the host's carves.sha256
+  INVALID_SHA256: { status: 400, message: "sha256 must be 64 hexadecimal digits" },
+  HOST_SHA256_UNAVAILABLE: {
+    status: 422,
+    message: "the host recorded sha256 -1: osquery does not hash an archive larger than its --read_max, so there is nothing to compare",
+  },
   // responder API: authorization (Vault)
   TOKEN_MISSING: { status: 401, message: "no Vault token: send it in X-Vault-Token or Authorization: Bearer" },
   TOKEN_INVALID: { status: 401, message: "Vault token is invalid, expired or revoked" },

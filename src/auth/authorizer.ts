@@ -8,9 +8,10 @@ import type { AuditActor } from "../storage/carve-store.js";
  *  - read:   read one carve's metadata, file list or archive;
  *  - delete: delete one carve;
  *  - audit:  read the audit trail;
- *  - hold:   place or lift a legal hold on one carve.
+ *  - hold:   place or lift a legal hold on one carve;
+ *  - import: import an archive collected out of band as a new carve (no carve id: the service picks it).
  */
-export type AuthAction = "list" | "read" | "delete" | "audit" | "hold";
+export type AuthAction = "list" | "read" | "delete" | "audit" | "hold" | "import";
 
 export interface AuthQuestion {
   action: AuthAction;

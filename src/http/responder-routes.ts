@@ -11,6 +11,7 @@ import type { AuditActor, AuditEvent, ByteRange, CarveRecord, CarveStore, ListQu
 import { sendJsonError } from "./app.js";
 import { resolveClient, type ClientInfo } from "./client-identity.js";
 import { ifRangeAllows, parseRangeHeader } from "./http-range.js";
+import { registerImportRoutes } from "./import-routes.js";
 import { AuditTrail, NO_ACTOR, type AuditDetail } from "./responder-audit.js";
 import {
   archiveQuery,
@@ -38,6 +39,8 @@ export interface ResponderDeps {
   isTrustedProxy: (address: string | undefined) => boolean;
   /** Retention rules, to show each carve's expiry. */
   expiry?: ExpiryPolicy;
+  /** Largest archive POST /api/v1/carves/import accepts (config `import.maxSize`). */
+  maxImportSize: number;
   now?: () => Date;
 }
 
@@ -52,7 +55,8 @@ const DENIED: ReadonlySet<ErrorCode> = new Set(["TOKEN_MISSING", "TOKEN_INVALID"
 /** Headers describing an archive, withdrawn when an error reply replaces it. */
 const REPRESENTATION_HEADERS = ["content-disposition", "etag", "last-modified", "accept-ranges", "content-range", "content-length"];
 
-interface Ctx {
+/** What one responder request's handler works with; `detail` and `result` end up in its audit event. */
+export interface EndpointContext {
   req: Request;
   res: Response;
   client: ClientInfo;
@@ -63,7 +67,8 @@ interface Ctx {
   result: AuditEvent["result"];
 }
 
-interface Target {
+/** The token of a request and the question its handler needs Vault to answer. */
+export interface EndpointTarget {
   token: string;
   /** null: the carve id cannot exist (the store would never accept it), nothing is asked. */
   question: AuthQuestion | null;
@@ -74,6 +79,16 @@ function headerOf(req: IncomingMessage, name: string): string | undefined {
   const v = req.headers[name];
   return Array.isArray(v) ? v.join(", ") : v;
 }
+
+/** Authorize, run, answer errors in one JSON shape, and audit: the frame of every responder endpoint. */
+export type Endpoint = (
+  action: string,
+  target: (req: Request) => EndpointTarget | Promise<EndpointTarget>,
+  run: (ctx: EndpointContext) => Promise<void>,
+) => RequestHandler;
+
+type Ctx = EndpointContext;
+type Target = EndpointTarget;
 
 function carveTarget(req: Request, action: "read" | "delete" | "hold"): Target {
   const token = tokenFromHeaders(req.headers);
@@ -134,7 +149,7 @@ export function responderRouter(deps: ResponderDeps): Router {
   }
 
   /** Authorize, run, answer errors in one JSON shape, and audit: the frame of every endpoint. */
-  function endpoint(action: string, target: (req: Request) => Target | Promise<Target>, run: (ctx: Ctx) => Promise<void>): RequestHandler {
+  const endpoint: Endpoint = (action, target, run) => {
     return async (req: Request, res: Response): Promise<void> => {
       const ctx: Ctx = {
         req,
@@ -174,7 +189,7 @@ export function responderRouter(deps: ResponderDeps): Router {
         detail: ctx.detail,
       });
     };
-  }
+  };
 
   /** Streams a complete carve's archive: ETag, single ranges, If-Range, optional zstd decompression. */
   async function sendArchive(ctx: Ctx, carveId: string, format: "raw" | "tar"): Promise<void> {
@@ -490,6 +505,16 @@ export function responderRouter(deps: ResponderDeps): Router {
       },
     ),
   );
+
+  // --- POST /api/v1/carves/import, POST /api/v1/carves/:carve_id/verify (chain of custody) -------------------
+  registerImportRoutes(router, {
+    store,
+    endpoint,
+    maxImportSize: deps.maxImportSize,
+    now,
+    expiry: deps.expiry,
+    logger,
+  });
 
   // Anything else under the API: a JSON 404 (not the agents' non-JSON refusal).
   router.all("/api/v1/{*rest}", (req, res) => {

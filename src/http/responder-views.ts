@@ -58,6 +58,11 @@ export function expiresAt(record: CarveRecord, policy: ExpiryPolicy | undefined)
   return new Date(record.updatedAt.getTime() + policy.abandonedAfterSeconds * 1000);
 }
 
+function lastVerification(record: CarveRecord): { match: boolean; by: string | null; at: string; count: number } | null {
+  const last = record.verifications[record.verifications.length - 1];
+  return last === undefined ? null : { match: last.match, by: last.by, at: last.at.toISOString(), count: record.verifications.length };
+}
+
 /** A carve as the list shows it. Never the node key, never the session id (it lets one send blocks). */
 export function carveSummary(record: CarveRecord, now: Date, expiry?: ExpiryPolicy): Record<string, unknown> {
   const status = viewStatus(record, now);
@@ -84,6 +89,8 @@ export function carveSummary(record: CarveRecord, now: Date, expiry?: ExpiryPoli
     completedAt: iso(record.completedAt),
     idleSeconds: status === "complete" ? null : Math.max(0, Math.floor((now.getTime() - record.updatedAt.getTime()) / 1000)),
     origin: record.origin,
+    /** The latest comparison with the host's sha256 (all of them are in the carve's metadata). */
+    lastVerification: lastVerification(record),
     hold: record.hold ? { by: record.hold.by, reason: record.hold.reason, at: iso(record.hold.at) } : null,
     expiresAt: iso(expiresAt(record, expiry)),
   };

@@ -3,7 +3,7 @@ import http from "node:http";
 import https from "node:https";
 import nodeVault from "node-vault";
 import { z } from "zod";
-import type { Config } from "../../config/schema.js";
+import { DEFAULT_IMPORT_PATH, DEFAULT_IMPORT_POLICY, type Config } from "../../config/schema.js";
 import { AppError } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import {
@@ -29,6 +29,10 @@ export interface VaultAuthorizerOptions {
   authMode: "policy" | "capabilities";
   pathTemplate: string;
   auditPath: string;
+  /** Policy that allows imports (policy mode); DEFAULT_IMPORT_POLICY when absent. */
+  importPolicy?: string | undefined;
+  /** Path on which "create" allows imports (capabilities mode); DEFAULT_IMPORT_PATH when absent. */
+  importPath?: string | undefined;
   cacheSeconds: number;
   logger: Logger;
   /** Clock for the decision cache (tests). */
@@ -108,9 +112,10 @@ interface CachedDecision {
  *
  * Modes:
  *  - policy: lookup-self; allowed when `policies` or `identity_policies` contain the policy for the action
- *    (`policy` for list/read, `adminPolicy` for delete/audit), or "root".
+ *    (`policy` for list/read, `adminPolicy` for delete/audit/hold, `importPolicy` for import), or "root".
  *  - capabilities: lookup-self (identity, validity, ttl), then sys/capabilities-self on the path for the
- *    question: "read"/"delete" on pathTemplate, "list" on its part before {carve_id}, "read" on auditPath.
+ *    question: "read"/"delete" on pathTemplate, "list" on its part before {carve_id}, "read" on auditPath,
+ *    "create" on importPath (an import makes a new carve).
  */
 export class VaultAuthorizer implements Authorizer {
   private readonly vault: nodeVault.client;
@@ -172,6 +177,8 @@ export class VaultAuthorizer implements Authorizer {
       authMode: config.authMode,
       pathTemplate: config.pathTemplate,
       auditPath: config.auditPath,
+      importPolicy: config.importPolicy,
+      importPath: config.importPath,
       cacheSeconds: config.cacheSeconds,
       logger: logger.child({ component: "vault-authorizer" }),
       ...(now ? { now } : {}),
@@ -221,9 +228,22 @@ export class VaultAuthorizer implements Authorizer {
   private vaultQuestion(
     question: AuthQuestion,
   ): { kind: "policy"; policy: string; cacheParts: string[] } | { kind: "capabilities"; path: string; capability: string; cacheParts: string[] } {
-    const admin: Record<AuthAction, boolean> = { list: false, read: false, delete: true, audit: true, hold: true };
+    const policyOf: Record<AuthAction, "download" | "admin" | "import"> = {
+      list: "download",
+      read: "download",
+      delete: "admin",
+      audit: "admin",
+      hold: "admin",
+      import: "import",
+    };
     if (this.options.authMode === "policy") {
-      const policy = admin[question.action] ? this.options.adminPolicy : this.options.policy;
+      const kind = policyOf[question.action];
+      const policy =
+        kind === "admin"
+          ? this.options.adminPolicy
+          : kind === "import"
+            ? (this.options.importPolicy ?? DEFAULT_IMPORT_POLICY)
+            : this.options.policy;
       return { kind: "policy", policy, cacheParts: ["policy", policy] };
     }
     let path: string;
@@ -236,6 +256,11 @@ export class VaultAuthorizer implements Authorizer {
       case "audit":
         path = this.options.auditPath;
         capability = "read";
+        break;
+      case "import":
+        // An import creates a carve that does not exist yet: Vault's "create" on a fixed path.
+        path = this.options.importPath ?? DEFAULT_IMPORT_PATH;
+        capability = "create";
         break;
       case "read":
       case "delete":
