@@ -38,6 +38,8 @@ done
 echo "policies:"
 vault policy write "$download_policy" "$here/osquery-carve-download.hcl"
 vault policy write "$admin_policy" "$here/osquery-carve-admin.hcl"
+# Importing archives collected out of band (POST /api/v1/carves/import) is its own right.
+vault policy write "${CARVE_VAULT_IMPORT_POLICY:-osquery-carve-import}" "$here/osquery-carve-import.hcl"
 
 # --- identity groups: the recommended way (policies follow people, apply live, no token re-issue) -------------
 # An internal group with members added by entity id. With OIDC/LDAP, use an external group instead and alias it to

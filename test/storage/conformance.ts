@@ -496,13 +496,15 @@ export function carveStoreConformance(name: string, makeHarness: () => Promise<S
         source,
         agent: { address: "10.0.0.7", userAgent: "curl/8", certificate: null },
       });
-      async function* pieces(bytes: Buffer, fail?: unknown): AsyncGenerator<Buffer> {
+      /** The bytes in uneven pieces, as a network delivers them; `fail` breaks the stream half-way. */
+      async function* pieces(bytes: Buffer, fail?: Error): AsyncGenerator<Buffer> {
         let off = 0;
         let i = 0;
         while (off < bytes.length) {
           const n = [1, 7, 65536, 300_000, 1024 * 1024 + 3][i++ % 5] as number;
           yield bytes.subarray(off, off + n);
           off += n;
+          await Promise.resolve(); // as a socket would: later chunks arrive on later turns
           if (fail !== undefined && off > bytes.length / 2) throw fail;
         }
       }
