@@ -88,6 +88,7 @@ export function createApp(deps: AppDeps): Express {
       isTrustedProxy: proxyMatcher(config.server.trustedProxies),
       expiry: { retentionDays: config.retention.days, abandonedAfterSeconds: config.retention.abandonedAfterHours * 3600 },
       maxImportSize: config.import.maxSize,
+      metrics: deps.metrics,
       ...(deps.now ? { now: deps.now } : {}),
     }),
   );

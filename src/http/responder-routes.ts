@@ -7,6 +7,7 @@ import { listTar, TarFormatError, type TarListing } from "../carves/tar-listing.
 import { zstdDecompress, ZstdFormatError } from "../carves/zstd-stream.js";
 import { AppError, isAppError, safeErrorFields, type ErrorCode } from "../errors.js";
 import type { Logger } from "../logger.js";
+import type { Metrics } from "../metrics.js";
 import type { AuditActor, AuditEvent, ByteRange, CarveRecord, CarveStore, ListQuery } from "../storage/carve-store.js";
 import { sendJsonError } from "./app.js";
 import { resolveClient, type ClientInfo } from "./client-identity.js";
@@ -42,6 +43,7 @@ export interface ResponderDeps {
   /** Largest archive POST /api/v1/carves/import accepts (config `import.maxSize`). */
   maxImportSize: number;
   now?: () => Date;
+  metrics?: Metrics | undefined;
 }
 
 /** The files endpoint lists at most this many members (and says so when there are more). */
@@ -169,7 +171,15 @@ export function responderRouter(deps: ResponderDeps): Router {
           // Nothing by that name can exist; Vault is not asked about a path built from it.
           throw new AppError(t.token === "" ? "TOKEN_MISSING" : "CARVE_NOT_FOUND");
         }
-        const decision = await authorizer.decide(t.token, undefined, t.question);
+        let decision;
+        try {
+          decision = await authorizer.decide(t.token, undefined, t.question);
+        } catch (err) {
+          const code = isAppError(err) ? err.code : "";
+          deps.metrics?.authDecisions.inc({ outcome: code.startsWith("TOKEN_") ? "invalid-token" : "unavailable" });
+          throw err;
+        }
+        deps.metrics?.authDecisions.inc({ outcome: decision.allowed ? "allowed" : "denied" });
         ctx.actor = decision.actor;
         ctx.detail.authorization = decision.reason;
         ctx.detail.authorizationCached = decision.cached;
@@ -179,6 +189,10 @@ export function responderRouter(deps: ResponderDeps): Router {
         fail(ctx, err);
       }
       ctx.detail.status = res.statusCode;
+      if (typeof ctx.detail.bytesSent === "number") {
+        deps.metrics?.downloads.inc({ result: ctx.detail.completed ? "complete" : "aborted" });
+        deps.metrics?.bytesSent.inc(ctx.detail.bytesSent);
+      }
       await audit.record({
         action,
         result: ctx.result,

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCarve } from "../../scripts/emulator/index.js";
 import { Metrics } from "../../src/metrics.js";
 import { ROOT, startTestService, type TestService } from "../support/service.js";
+import { startVaultDouble } from "../support/vault-double.js";
 
 let svc: TestService;
 let work: string;
@@ -62,6 +63,31 @@ describe("GET /metrics", () => {
     expect(value(text, "process_resident_memory_bytes")).toBeGreaterThan(0);
     expect(text).not.toContain(result.carveId);
     expect(text).not.toContain(nodeKey);
+  });
+
+  it("counts downloads, bytes sent and Vault decisions by outcome", async () => {
+    const vault = await startVaultDouble();
+    const token = `hvs.${randomBytes(10).toString("hex")}`;
+    vault.addToken(token, { policies: ["osquery-carve-download"] });
+    const responder = await startTestService({ LOG_LEVEL: "warn", VAULT_ADDR: vault.url, CARVE_VAULT_CACHE_SECONDS: "0" });
+    try {
+      const bytes = randomBytes(5000);
+      const archivePath = path.join(work, "d.bin");
+      await writeFile(archivePath, bytes);
+      const carve = await runCarve({ baseUrl: responder.url, startEndpoint: "/start_uploads", continueEndpoint: "/upload_blocks", archivePath, blockSize: 1024 });
+      const url = `${responder.url}/api/v1/carves/${carve.carveId}/archive`;
+      expect((await (await fetch(url, { headers: { "x-vault-token": token } })).arrayBuffer()).byteLength).toBe(5000);
+      expect((await fetch(url, { headers: { "x-vault-token": "hvs.unknown" } })).status).toBe(401);
+      const text = await (await fetch(`${responder.url}/metrics`)).text();
+      expect(value(text, "carve_downloads_total", '{result="complete"}')).toBe(1);
+      expect(value(text, "carve_download_bytes_total")).toBe(5000);
+      expect(value(text, "carve_vault_decisions_total", '{outcome="allowed"}')).toBe(1);
+      expect(value(text, "carve_vault_decisions_total", '{outcome="invalid-token"}')).toBe(1);
+      expect(text).not.toContain(token);
+    } finally {
+      await responder.dispose();
+      await vault.close();
+    }
   });
 
   it("documents every metric in the README", () => {
