@@ -76,9 +76,17 @@ export interface ChildService {
 
 /** Runs the built service (dist/src/main.js, as `npm start` does) as a child process and waits until
  * GET /status answers. A CARVE_PORT of "0" or none gets a free port picked here. */
-export async function spawnService(env: Record<string, string>, timeoutMs = 15_000): Promise<ChildService> {
+export async function spawnService(
+  env: Record<string, string>,
+  options: number | { timeoutMs?: number; wrapper?: string[] } = {},
+): Promise<ChildService & { port: number }> {
+  const { timeoutMs = 15_000, wrapper = [] } = typeof options === "number" ? { timeoutMs: options } : options;
   const port = env.CARVE_PORT && env.CARVE_PORT !== "0" ? Number(env.CARVE_PORT) : await freePort();
-  const proc = spawn(process.execPath, [path.join(ROOT, "dist/src/main.js")], {
+  // A wrapper command (e.g. nsenter into a namespace) must exec node, keeping the pid.
+  const argv = [...wrapper, process.execPath, path.join(ROOT, "dist/src/main.js")];
+  const command = argv[0] as string;
+  const args = argv.slice(1);
+  const proc = spawn(command, args, {
     cwd: ROOT,
     env: {
       PATH: process.env.PATH ?? "",
@@ -115,7 +123,7 @@ export async function spawnService(env: Record<string, string>, timeoutMs = 15_0
       proc.kill("SIGKILL");
       throw new Error(`service did not start:\n${output.join("\n")}`);
     }
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 25));
   }
-  return { proc, url, output, exited };
+  return { proc, url, output, exited, port };
 }
