@@ -10,6 +10,7 @@ export const ERROR_CODES = {
   // agent protocol: start
   INVALID_START: { status: 400, message: "invalid start request" },
   CARVE_ID_CONFLICT: { status: 409, message: "carve_id already in use by another carve" },
+  INSUFFICIENT_STORAGE: { status: 507, message: "not enough free storage to accept this carve" },
   CARVE_TOO_LARGE: { status: 413, message: "carve_size exceeds the configured maximum" },
   BLOCK_SIZE_TOO_LARGE: { status: 413, message: "block_size exceeds the configured maximum" },
   // agent protocol: blocks

@@ -107,7 +107,11 @@ export async function startService(options: StartOptions): Promise<RunningServic
   let shuttingDown = false;
   const carves = new CarveService({
     store,
-    limits: { maxBlockSize: config.agent.maxBlockSize, maxCarveSize: config.agent.maxCarveSize },
+    limits: {
+      maxBlockSize: config.agent.maxBlockSize,
+      maxCarveSize: config.agent.maxCarveSize,
+      minFreeBytes: config.storage.filesystem.minFreeBytes,
+    },
     requireSameCertificate: config.agent.requireSameCertificate,
     logger: logger.child({ component: "carves" }),
   });

@@ -29,6 +29,8 @@ export interface BlockCommand {
 export interface CarveLimits {
   maxBlockSize: number;
   maxCarveSize: number;
+  /** A new carve is refused unless this much storage stays free after it (when the store can tell). */
+  minFreeBytes?: number;
 }
 
 export interface StartOutcome {
@@ -63,7 +65,7 @@ export class CarveService {
 
   /**
    * Opens a session, or returns the existing one when an agent (5.22+) retries the same start.
-   * @throws AppError INVALID_START, BLOCK_SIZE_TOO_LARGE, CARVE_TOO_LARGE, CARVE_ID_CONFLICT,
+   * @throws AppError INVALID_START, BLOCK_SIZE_TOO_LARGE, CARVE_TOO_LARGE, CARVE_ID_CONFLICT, INSUFFICIENT_STORAGE,
    *   STORAGE_UNAVAILABLE
    */
   async start(cmd: StartCommand): Promise<StartOutcome> {
@@ -80,6 +82,13 @@ export class CarveService {
         "INVALID_START",
         `block_count ${cmd.blockCount} != ceil(carve_size / block_size) = ${expectedCount}`,
       );
+    }
+    if (limits.minFreeBytes !== undefined && limits.minFreeBytes > 0) {
+      const free = await this.deps.store.freeBytes();
+      if (free !== null && free - cmd.carveSize < limits.minFreeBytes) {
+        this.deps.logger.warn({ carveId: cmd.carveId, carveSize: cmd.carveSize, freeBytes: free }, "start refused: storage almost full");
+        throw new AppError("INSUFFICIENT_STORAGE", `${cmd.carveSize} bytes would leave less than the configured minimum free`);
+      }
     }
     const sessionId = (this.deps.sessionIds ?? newSessionId)();
     const { session, created } = await this.deps.store.createSession(

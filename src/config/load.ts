@@ -30,6 +30,7 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
   CARVE_STORAGE: ["storage", "backend"],
   CARVE_DATA_DIR: ["storage", "filesystem", "dataDir"],
   CARVE_FSYNC_EACH_BLOCK: ["storage", "filesystem", "fsyncEachBlock"],
+  CARVE_MIN_FREE_DISK: ["storage", "filesystem", "minFreeBytes"],
   CARVE_MONGODB_URI: ["storage", "gridfs", "uri"],
   CARVE_MONGODB_DATABASE: ["storage", "gridfs", "database"],
   CARVE_GRIDFS_BUCKET: ["storage", "gridfs", "bucket"],

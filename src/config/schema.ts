@@ -132,6 +132,8 @@ export const configSchema = z
             dataDir: z.string().min(1).default("./data"),
             /** fsync every block before acknowledging it (survives power loss, slower). */
             fsyncEachBlock: z.boolean().default(false),
+            /** A new carve is refused (507) unless this much disk stays free after it. */
+            minFreeBytes: byteSize(0, HARD_MAX_CARVE_SIZE * 1024).default(1024 ** 3),
           })
           .prefault({}),
         gridfs: z

@@ -7,7 +7,8 @@ import { AppError } from "../errors.js";
  *  - a start the agent must give up on at once gets JSON WITHOUT session_id (it fails the carve, no retry);
  *  - a block we refuse gets a NON-JSON body: the only reply that makes a 5.22+ agent retry and then stop
  *    instead of counting a lost block as sent;
- *  - a server-side problem gets a non-JSON 503 on both endpoints, so 5.22+ agents retry.
+ *  - a server-side problem gets a non-JSON 503 on both endpoints, so 5.22+ agents retry (except a start
+ *    refused for lack of disk space: JSON 507, the agent fails that carve at once).
  * Status codes are still meaningful for proxies, logs and humans.
  */
 
@@ -36,7 +37,8 @@ export function refuseNonJson(res: Response, error: unknown): AppError {
 
 export function refuseStart(res: Response, error: unknown): AppError {
   const err = asAppError(error);
-  if (err.status >= 500) return refuseNonJson(res, err);
+  // Transient server trouble: non-JSON, so a 5.22+ agent retries. A full disk is not transient: fail at once.
+  if (err.status >= 500 && err.code !== "INSUFFICIENT_STORAGE") return refuseNonJson(res, err);
   res.status(err.status).json({ error: { code: err.code, message: err.publicMessage } });
   return err;
 }

@@ -291,6 +291,9 @@ export interface CarveStore {
   /** Audit events newest first. @throws AppError INVALID_QUERY for a bad cursor */
   listAudit(query: AuditQuery): Promise<AuditPage>;
 
+  /** Bytes the backend can still store, when it can tell (a filesystem can; MongoDB manages its own). */
+  freeBytes(): Promise<number | null>;
+
   health(): Promise<StoreHealth>;
 
   /** Flushes and releases everything; later calls fail. */

@@ -51,7 +51,7 @@ describe("configuration", () => {
       import: { maxSize: 4 * 1024 ** 3 },
       storage: {
         backend: "filesystem",
-        filesystem: { dataDir: "./data", fsyncEachBlock: false },
+        filesystem: { dataDir: "./data", fsyncEachBlock: false, minFreeBytes: 1024 ** 3 },
         gridfs: { database: "osquery_carves", bucket: "carves" },
       },
       vault: {
@@ -105,7 +105,7 @@ describe("configuration", () => {
     expect(config.server).toMatchObject({ port: 9100, host: "0.0.0.0" });
     expect(config.agent.maxBlockSize).toBe(1024 * 1024);
     expect(config.agent.maxCarveSize).toBe(2 * 1024 ** 3);
-    expect(config.storage.filesystem).toEqual({ dataDir: "/srv/carves", fsyncEachBlock: true });
+    expect(config.storage.filesystem).toEqual({ dataDir: "/srv/carves", fsyncEachBlock: true, minFreeBytes: 1024 ** 3 });
     expect(config.logging.level).toBe("warn");
   });
 

@@ -102,6 +102,7 @@ beforeAll(async () => {
       CARVE_TLS_KEY: path.join(work, "live.key"),
       CARVE_TLS_CLIENT_CA: path.join(pki, "ca.pem"),
       CARVE_REQUIRE_SAME_CERTIFICATE: "true",
+      CARVE_MIN_FREE_DISK: "0",
       LOG_LEVEL: "info",
     },
     stdio: ["ignore", "pipe", "pipe"],

@@ -332,6 +332,11 @@ export function carveStoreConformance(name: string, makeHarness: () => Promise<S
         await expectCode(store.listCarves({ limit: 2, cursor: "not-a-cursor" }), "INVALID_QUERY");
       });
 
+      it("reports its free space as a positive number, or null when the backend cannot tell", async () => {
+        const free = await store.freeBytes();
+        expect(free === null || (Number.isSafeInteger(free) && free > 0)).toBe(true);
+      });
+
       it("reports healthy storage", async () => {
         const health = await store.health();
         expect(health.ok).toBe(true);

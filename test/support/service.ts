@@ -39,7 +39,16 @@ export async function startTestService(env: Record<string, string> = {}): Promis
   const dataDir = env.CARVE_DATA_DIR ?? (await mkdtemp(path.join(tmpdir(), "carve-svc-")));
   const config = loadConfig({
     cwd: dataDir, // no conf/carve-server.yml there: built-in defaults + env
-    env: { CARVE_PORT: "0", CARVE_DATA_DIR: dataDir, LOG_LEVEL: "debug", CARVE_SHUTDOWN_GRACE_SECONDS: "5", ...env },
+    // CARVE_MIN_FREE_DISK=0: the suites must not depend on the test machine's free space (limits.test.ts
+    // tests the guard itself).
+    env: {
+      CARVE_PORT: "0",
+      CARVE_DATA_DIR: dataDir,
+      LOG_LEVEL: "debug",
+      CARVE_SHUTDOWN_GRACE_SECONDS: "5",
+      CARVE_MIN_FREE_DISK: "0",
+      ...env,
+    },
   });
   const logs = new LogCapture();
   const logger = createLogger(config.logging.level, logs);
@@ -91,6 +100,7 @@ export async function spawnService(
     env: {
       PATH: process.env.PATH ?? "",
       CARVE_CONFIG: path.join(ROOT, "conf/carve-server.yml"),
+      CARVE_MIN_FREE_DISK: "0",
       ...env,
       CARVE_PORT: String(port),
     },

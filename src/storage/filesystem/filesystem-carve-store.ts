@@ -1110,6 +1110,16 @@ export class FilesystemCarveStore implements CarveStore {
     return { events: page, nextCursor: found.length > query.limit && last ? encodeAuditCursor(last) : null };
   }
 
+  async freeBytes(): Promise<number | null> {
+    this.assertOpen();
+    try {
+      const fs = await fsp.statfs(this.root);
+      return fs.bavail * fs.bsize;
+    } catch (err) {
+      throw wrapIo(err, "statfs");
+    }
+  }
+
   async health(): Promise<StoreHealth> {
     const detail: Record<string, string | number | boolean | null> = { dataDir: this.root };
     try {

@@ -915,6 +915,12 @@ export class GridFsCarveStore implements CarveStore {
 
   // ---------------------------------------------------------------- lifecycle
 
+  /** MongoDB manages its own storage; its free space is not visible to a client. */
+  freeBytes(): Promise<number | null> {
+    this.assertOpen();
+    return Promise.resolve(null);
+  }
+
   async health(): Promise<StoreHealth> {
     const detail: Record<string, string | number | boolean | null> = {
       database: this.options.database,
