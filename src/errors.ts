@@ -11,6 +11,8 @@ export const ERROR_CODES = {
   INVALID_START: { status: 400, message: "invalid start request" },
   CARVE_ID_CONFLICT: { status: 409, message: "carve_id already in use by another carve" },
   INSUFFICIENT_STORAGE: { status: 507, message: "not enough free storage to accept this carve" },
+  TOO_MANY_CARVES: { status: 429, message: "too many carves being received; try again later" },
+  TOO_MANY_CARVES_FOR_AGENT: { status: 429, message: "this agent already has the maximum number of carves being received" },
   CARVE_TOO_LARGE: { status: 413, message: "carve_size exceeds the configured maximum" },
   BLOCK_SIZE_TOO_LARGE: { status: 413, message: "block_size exceeds the configured maximum" },
   // agent protocol: blocks

@@ -126,6 +126,9 @@ function serviceEnv(port: number, logLevel: string): Record<string, string> {
     CARVE_MAX_BLOCK_SIZE: "8MiB",
     CARVE_MAX_CARVE_SIZE: "8GiB",
     CARVE_SHUTDOWN_GRACE_SECONDS: "10",
+    // The simulated agents all connect from 127.0.0.1 without certificates or node keys: to the per-agent
+    // limit they would be one agent.
+    CARVE_MAX_RECEIVING_CARVES_PER_AGENT: "0",
   };
 }
 

@@ -31,6 +31,17 @@ export interface CarveLimits {
   maxCarveSize: number;
   /** A new carve is refused unless this much storage stays free after it (when the store can tell). */
   minFreeBytes?: number;
+  /** Carves being received at once (active in the last `activeWithinMs`), in all and per agent. */
+  maxReceiving?: number;
+  maxReceivingPerAgent?: number;
+  activeWithinMs?: number;
+}
+
+/** Who an agent is, for per-agent limits: its certificate, else its node key, else its address. */
+export function agentKeyOf(agent: AgentInfo, nodeKey: string): string {
+  if (agent.certificate) return `cert:${agent.certificate.fingerprintSha256}`;
+  if (nodeKey) return `node:${nodeKey}`;
+  return `addr:${agent.address ?? "unknown"}`;
 }
 
 export interface StartOutcome {
@@ -90,6 +101,7 @@ export class CarveService {
         throw new AppError("INSUFFICIENT_STORAGE", `${cmd.carveSize} bytes would leave less than the configured minimum free`);
       }
     }
+    await this.checkCapacity(cmd);
     const sessionId = (this.deps.sessionIds ?? newSessionId)();
     const { session, created } = await this.deps.store.createSession(
       {
@@ -133,6 +145,32 @@ export class CarveService {
       "carve session started",
     );
     return { session, created: true };
+  }
+
+  /**
+   * Limits that protect the server: carves being received at once, in all and per agent. Carves idle for
+   * longer than `activeWithinMs` (abandoned, awaiting retention) do not count; a retried start of a carve
+   * that is already receiving is never refused. Approximate under concurrent starts (a soft limit).
+   * @throws AppError TOO_MANY_CARVES, TOO_MANY_CARVES_FOR_AGENT
+   */
+  private async checkCapacity(cmd: StartCommand): Promise<void> {
+    const { maxReceiving, maxReceivingPerAgent, activeWithinMs } = this.deps.limits;
+    if (!maxReceiving && !maxReceivingPerAgent) return;
+    const cap = Math.max(maxReceiving ?? 0, maxReceivingPerAgent ?? 0);
+    const page = await this.deps.store.listCarves({ status: "receiving", limit: Math.max(cap, 1) * 4 + 1 });
+    const since = Date.now() - (activeWithinMs ?? Number.POSITIVE_INFINITY);
+    const active = page.carves.filter((c) => c.updatedAt.getTime() >= since);
+    if (active.some((c) => c.carveId === cmd.carveId)) return; // a retried start: let the store answer it
+    const me = agentKeyOf(cmd.agent, cmd.nodeKey);
+    const mine = active.filter((c) => agentKeyOf(c.agent, c.nodeKey) === me).length;
+    if (maxReceivingPerAgent && mine >= maxReceivingPerAgent) {
+      this.deps.logger.warn({ carveId: cmd.carveId, receiving: mine }, "start refused: per-agent carve limit");
+      throw new AppError("TOO_MANY_CARVES_FOR_AGENT", `${mine} carves already being received from this agent`);
+    }
+    if (maxReceiving && active.length >= maxReceiving) {
+      this.deps.logger.warn({ carveId: cmd.carveId, receiving: active.length }, "start refused: carve limit");
+      throw new AppError("TOO_MANY_CARVES", `${active.length} carves already being received`);
+    }
   }
 
   /**

@@ -26,6 +26,8 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
   CARVE_MAX_BLOCK_SIZE: ["agent", "maxBlockSize"],
   CARVE_MAX_CARVE_SIZE: ["agent", "maxCarveSize"],
   CARVE_MAX_INFLIGHT_BYTES: ["agent", "inflightBytes"],
+  CARVE_MAX_RECEIVING_CARVES: ["agent", "maxReceivingCarves"],
+  CARVE_MAX_RECEIVING_CARVES_PER_AGENT: ["agent", "maxReceivingCarvesPerAgent"],
   CARVE_MAX_IMPORT_SIZE: ["import", "maxSize"],
   CARVE_STORAGE: ["storage", "backend"],
   CARVE_DATA_DIR: ["storage", "filesystem", "dataDir"],

@@ -114,6 +114,10 @@ export const configSchema = z
          * requests beyond it wait, unread, so memory does not grow with the number of agents.
          */
         inflightBytes: byteSize(1024 * 1024, 4 * 1024 ** 3).default(32 * 1024 * 1024),
+        /** Carves being received at once (0: no limit); a start beyond it gets a JSON 429. */
+        maxReceivingCarves: z.coerce.number().int().min(0).max(1_000_000).default(1000),
+        /** Carves being received at once from one agent (certificate, else node key, else address). */
+        maxReceivingCarvesPerAgent: z.coerce.number().int().min(0).max(100_000).default(20),
         /** Refuse blocks that come with another client certificate than the session's start did. */
         requireSameCertificate: z.boolean().default(false),
       })

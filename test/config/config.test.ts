@@ -46,6 +46,8 @@ describe("configuration", () => {
         maxBlockSize: 8 * 1024 * 1024,
         maxCarveSize: 4 * 1024 ** 3,
         inflightBytes: 32 * 1024 * 1024,
+        maxReceivingCarves: 1000,
+        maxReceivingCarvesPerAgent: 20,
         requireSameCertificate: false,
       },
       import: { maxSize: 4 * 1024 ** 3 },

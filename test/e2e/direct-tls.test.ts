@@ -103,6 +103,7 @@ beforeAll(async () => {
       CARVE_TLS_CLIENT_CA: path.join(pki, "ca.pem"),
       CARVE_REQUIRE_SAME_CERTIFICATE: "true",
       CARVE_MIN_FREE_DISK: "0",
+      CARVE_MAX_RECEIVING_CARVES_PER_AGENT: "0",
       LOG_LEVEL: "info",
     },
     stdio: ["ignore", "pipe", "pipe"],

@@ -28,3 +28,46 @@ describe("minimum free disk", () => {
     expect(metrics).toContain('carve_sessions_refused_total{reason="INSUFFICIENT_STORAGE"} 1');
   });
 });
+
+describe("carves being received at once", () => {
+  let capped: TestService;
+  beforeAll(async () => {
+    capped = await startTestService({ CARVE_MAX_RECEIVING_CARVES: "2", CARVE_MAX_RECEIVING_CARVES_PER_AGENT: "1", LOG_LEVEL: "warn" });
+  });
+  afterAll(async () => {
+    await capped.dispose();
+  });
+
+  const start = (body: Record<string, unknown>) =>
+    fetch(`${capped.url}/start_uploads`, { method: "POST", body: JSON.stringify(body) }).then(async (r) => ({
+      status: r.status,
+      json: (await r.json()) as Record<string, unknown>,
+    }));
+  const startBody = (nodeKey: string) => ({
+    block_count: 1,
+    block_size: 4,
+    carve_size: 4,
+    carve_id: randomUUID(),
+    request_id: randomUUID(),
+    node_key: nodeKey,
+  });
+
+  it("caps them per agent and in all with a JSON 429, never refuses a retried start, and frees a slot on completion", async () => {
+    const a = startBody("node-a");
+    const first = await start(a);
+    expect(first.status).toBe(200);
+    expect(await start(startBody("node-a"))).toMatchObject({ status: 429, json: { error: { code: "TOO_MANY_CARVES_FOR_AGENT" } } });
+    expect(await start(a)).toEqual(first); // the agent's retry of its own start
+    expect((await start(startBody("node-b"))).status).toBe(200);
+    const third = await start(startBody("node-c"));
+    expect(third).toMatchObject({ status: 429, json: { error: { code: "TOO_MANY_CARVES" } } });
+    expect(third.json).not.toHaveProperty("session_id");
+    // node-a's carve completes: a slot frees up
+    const block = { block_id: 0, session_id: first.json.session_id, request_id: a.request_id, data: Buffer.from("abcd").toString("base64") };
+    expect(await (await fetch(`${capped.url}/upload_blocks`, { method: "POST", body: JSON.stringify(block) })).text()).toBe('{"success":true}');
+    expect((await start(startBody("node-c"))).status).toBe(200);
+    const metrics = await (await fetch(`${capped.url}/metrics`)).text();
+    expect(metrics).toContain('carve_sessions_refused_total{reason="TOO_MANY_CARVES_FOR_AGENT"} 1');
+    expect(metrics).toContain('carve_sessions_refused_total{reason="TOO_MANY_CARVES"} 1');
+  });
+});

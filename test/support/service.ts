@@ -47,6 +47,9 @@ export async function startTestService(env: Record<string, string> = {}): Promis
       LOG_LEVEL: "debug",
       CARVE_SHUTDOWN_GRACE_SECONDS: "5",
       CARVE_MIN_FREE_DISK: "0",
+      // the suites' emulated agents all come from 127.0.0.1; limits.test.ts tests the caps themselves
+      CARVE_MAX_RECEIVING_CARVES: "0",
+      CARVE_MAX_RECEIVING_CARVES_PER_AGENT: "0",
       ...env,
     },
   });
@@ -101,6 +104,8 @@ export async function spawnService(
       PATH: process.env.PATH ?? "",
       CARVE_CONFIG: path.join(ROOT, "conf/carve-server.yml"),
       CARVE_MIN_FREE_DISK: "0",
+      CARVE_MAX_RECEIVING_CARVES: "0",
+      CARVE_MAX_RECEIVING_CARVES_PER_AGENT: "0",
       ...env,
       CARVE_PORT: String(port),
     },
