@@ -17,6 +17,8 @@ export interface AgentRoutesOptions {
   maxBlockSize: number;
   /** Bytes of agent request bodies held in memory at once; further requests wait (TCP backpressure). */
   inflightBodyBytes: number;
+  /** Blocks are bound to the start's certificate: only then is each block's certificate looked at. */
+  bindCertificates: boolean;
   /** Whether a peer address is a trusted TLS proxy whose identity headers are believed. */
   isTrustedProxy: (address: string | undefined) => boolean;
 }
@@ -138,7 +140,8 @@ export function agentRouter(
         sessionId: b.session_id,
         requestId: b.request_id,
         data: b.data,
-        certificate: resolveClient(req, options.isTrustedProxy).certificate,
+        // Parsing the proxy's PEM header costs a certificate parse per block: only when it is checked.
+        certificate: options.bindCertificates ? resolveClient(req, options.isTrustedProxy).certificate : null,
       });
       if (outcome.duplicate) {
         req.log.debug({ carveId: outcome.session.carveId, blockId: b.block_id }, "duplicate block acknowledged");

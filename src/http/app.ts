@@ -75,6 +75,7 @@ export function createApp(deps: AppDeps): Express {
         continuePath: config.agent.continuePath,
         maxBlockSize: config.agent.maxBlockSize,
         inflightBodyBytes: config.agent.inflightBytes,
+        bindCertificates: config.agent.requireSameCertificate,
         isTrustedProxy: proxyMatcher(config.server.trustedProxies),
       },
     ),

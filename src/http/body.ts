@@ -46,17 +46,18 @@ export async function readBody(req: IncomingMessage, limit: number): Promise<Buf
   return Buffer.concat(chunks, received);
 }
 
+const DATA_MARKER = Buffer.from(',"data":"');
+
 /**
  * osquery's block body, `{"block_id":N,"session_id":"..","request_id":"..","data":"<base64>"}`, without
  * running JSON.parse over the megabytes of base64: the small head is parsed as JSON, the data is taken as
  * is. Anything not in exactly that shape returns null and goes through JSON.parse.
  */
 export function fastBlockBody(raw: Buffer): Record<string, unknown> | null {
-  const marker = Buffer.from(',"data":"');
   if (raw.length < 64 || raw[0] !== 0x7b /* { */) return null;
-  const at = raw.lastIndexOf(marker);
+  const at = raw.lastIndexOf(DATA_MARKER);
   if (at < 0 || raw[raw.length - 1] !== 0x7d /* } */ || raw[raw.length - 2] !== 0x22 /* " */) return null;
-  const dataStart = at + marker.length;
+  const dataStart = at + DATA_MARKER.length;
   const dataEnd = raw.length - 2;
   // base64 never contains a quote or a backslash; if the region does, it is not a plain string value.
   const region = raw.subarray(dataStart, dataEnd);
