@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { AppError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { AgentInfo, CarveStore, CertificateIdentity, PutBlockResult, Session } from "../storage/carve-store.js";
-import { decodeBlockData } from "./base64.js";
+import { decodeBase64InPlace, decodeBlockData } from "./base64.js";
 import { blockCountFor, expectedBlockLength } from "./geometry.js";
 
 /** A validated start request, in our naming (osquery's snake_case stops at the HTTP boundary). */
@@ -20,8 +20,11 @@ export interface BlockCommand {
   blockId: number;
   sessionId: string;
   requestId: string;
-  /** base64 text as sent by the agent */
-  data: string;
+  /**
+   * base64 text as sent by the agent: a string, or its bytes, which are then decoded in place (overwritten)
+   * and handed to the store. The caller may reuse those bytes once block() has settled.
+   */
+  data: string | Buffer;
   /** The verified client certificate this block came with, if any. */
   certificate: CertificateIdentity | null;
 }
@@ -195,7 +198,8 @@ export class CarveService {
     if (cmd.blockId >= session.blockCount) {
       throw new AppError("BLOCK_OUT_OF_RANGE", `block_id ${cmd.blockId} >= block_count ${session.blockCount}`);
     }
-    const data = decodeBlockData(cmd.data, expectedBlockLength(session, cmd.blockId));
+    const expected = expectedBlockLength(session, cmd.blockId);
+    const data = typeof cmd.data === "string" ? decodeBlockData(cmd.data, expected) : decodeBase64InPlace(cmd.data, expected);
     const result = await this.deps.store.putBlock(session, cmd.blockId, data);
     return { ...result, session };
   }

@@ -18,7 +18,8 @@ export const blockBodySchema = z.object({
   block_id: count,
   session_id: safeId,
   request_id: z.string().max(256),
-  data: z.string(),
+  /** A string after JSON.parse; the body's own bytes when body.ts fastBlockBody read it (decoded in place). */
+  data: z.union([z.string(), z.instanceof(Buffer)]),
 });
 
 export type StartBody = z.infer<typeof startBodySchema>;

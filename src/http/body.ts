@@ -1,13 +1,21 @@
 import type { IncomingMessage } from "node:http";
 import { AppError } from "../errors.js";
+import type { BufferPool } from "../util/buffer-pool.js";
+
+export interface Body {
+  /** The body's bytes. */
+  bytes: Buffer;
+  /** The pooled buffer `bytes` lives in, to give back once nothing uses it (absent: not pooled). */
+  backing?: Buffer;
+}
 
 /**
  * Reads a request body into one buffer, sized from Content-Length when the client sent it (osquery always
- * does), so the body is copied once. Refuses bodies over `limit` before reading them (by Content-Length)
+ * does), so the body is copied once; with a pool, that buffer is a reused one. Refuses bodies over `limit` before reading them (by Content-Length)
  * or as soon as they exceed it, and compressed bodies (osquery never compresses).
  * @throws AppError BODY_TOO_LARGE, INVALID_BLOCK (unsupported encoding, body cut short)
  */
-export async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+export async function readBody(req: IncomingMessage, limit: number, pool?: BufferPool): Promise<Body> {
   const encoding = req.headers["content-encoding"];
   if (encoding !== undefined && encoding.toLowerCase() !== "identity") {
     req.resume();
@@ -23,7 +31,8 @@ export async function readBody(req: IncomingMessage, limit: number): Promise<Buf
     throw new AppError("BODY_TOO_LARGE");
   }
   const chunks: Buffer[] = [];
-  const fixed = length !== undefined ? Buffer.allocUnsafe(length) : null;
+  const backing = length !== undefined && pool ? pool.acquire(length) : undefined;
+  const fixed = length === undefined ? null : backing ? backing.subarray(0, length) : Buffer.allocUnsafe(length);
   let received = 0;
   try {
     for await (const chunk of req as AsyncIterable<Buffer>) {
@@ -36,22 +45,27 @@ export async function readBody(req: IncomingMessage, limit: number): Promise<Buf
       received += chunk.length;
     }
   } catch (err) {
+    if (backing) pool?.release(backing); // nothing kept a reference: the body was only being copied in
     if (err instanceof AppError) throw err;
     throw new AppError("INVALID_BLOCK", "request body was cut short", { cause: err });
   }
   if (fixed) {
-    if (received !== fixed.length) throw new AppError("INVALID_BLOCK", "request body shorter than Content-Length");
-    return fixed;
+    if (received !== fixed.length) {
+      if (backing) pool?.release(backing);
+      throw new AppError("INVALID_BLOCK", "request body shorter than Content-Length");
+    }
+    return backing ? { bytes: fixed, backing } : { bytes: fixed };
   }
-  return Buffer.concat(chunks, received);
+  return { bytes: Buffer.concat(chunks, received) };
 }
 
 const DATA_MARKER = Buffer.from(',"data":"');
 
 /**
  * osquery's block body, `{"block_id":N,"session_id":"..","request_id":"..","data":"<base64>"}`, without
- * running JSON.parse over the megabytes of base64: the small head is parsed as JSON, the data is taken as
- * is. Anything not in exactly that shape returns null and goes through JSON.parse.
+ * running JSON.parse over the megabytes of base64: the small head is parsed as JSON, the data is returned as
+ * a view of the body's bytes (no string is made; it is decoded in place later). Anything not in exactly that
+ * shape returns null and goes through JSON.parse.
  */
 export function fastBlockBody(raw: Buffer): Record<string, unknown> | null {
   if (raw.length < 64 || raw[0] !== 0x7b /* { */) return null;
@@ -70,5 +84,5 @@ export function fastBlockBody(raw: Buffer): Record<string, unknown> | null {
   }
   if (typeof head !== "object" || head === null || Array.isArray(head)) return null;
   // The data key comes last in the text, so it wins over any earlier duplicate, as in JSON.parse.
-  return { ...(head as Record<string, unknown>), data: region.toString("latin1") };
+  return { ...(head as Record<string, unknown>), data: region };
 }

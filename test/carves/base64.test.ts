@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { decodeBlockData } from "../../src/carves/base64.js";
+import { decodeBase64InPlace, decodeBlockData } from "../../src/carves/base64.js";
 import { AppError } from "../../src/errors.js";
 
 function codeOf(fn: () => unknown): string | undefined {
@@ -39,5 +39,43 @@ describe("decodeBlockData", () => {
   it("tells a well-formed block of the wrong size apart", () => {
     expect(codeOf(() => decodeBlockData(Buffer.alloc(10).toString("base64"), 11))).toBe("BLOCK_LENGTH_MISMATCH");
     expect(codeOf(() => decodeBlockData("", 1))).toBe("BLOCK_LENGTH_MISMATCH");
+  });
+});
+
+describe("decodeBase64InPlace", () => {
+  it("decodes into the same memory, for every tail length, and agrees with Node's decoder", () => {
+    for (const n of [0, 1, 2, 3, 4, 5, 6, 1000, 8192, 1024 * 1024 + 1]) {
+      const bytes = randomBytes(n);
+      const text = Buffer.from(bytes.toString("base64"), "latin1");
+      const out = decodeBase64InPlace(text, n);
+      expect(out.equals(bytes)).toBe(true);
+      expect(out.buffer).toBe(text.buffer);
+      expect(out.byteOffset).toBe(text.byteOffset);
+    }
+  });
+
+  it("decodes a view in the middle of a larger buffer without touching what lies around it", () => {
+    const bytes = randomBytes(300);
+    const body = Buffer.from(`{"data":"${bytes.toString("base64")}"}`, "latin1");
+    const copy = Buffer.from(body);
+    const start = body.indexOf(':"') + 2;
+    const out = decodeBase64InPlace(body.subarray(start, body.length - 2), 300);
+    expect(out.equals(bytes)).toBe(true);
+    expect(body.subarray(0, start).equals(copy.subarray(0, start))).toBe(true);
+    expect(body.subarray(body.length - 2).equals(copy.subarray(copy.length - 2))).toBe(true);
+  });
+
+  it.each([
+    ["a space inside", "YWJj ZA=", 5, "INVALID_BASE64"],
+    ["url-safe alphabet", "YW-_ZA==", 4, "INVALID_BASE64"],
+    ["a byte >= 0x80", "YWJj\u00e9A=", 5, "INVALID_BASE64"],
+    ["pad in the middle", "YQ==YQ==", 4, "INVALID_BASE64"],
+    ["non-canonical trailing bits (one pad)", "YWJjZGV=", 5, "INVALID_BASE64"],
+    ["non-canonical trailing bits (two pads)", "YWJjZB==", 4, "INVALID_BASE64"],
+    ["an invalid byte in the last full group", "YWJjZGV*", 6, "INVALID_BASE64"],
+    ["well-formed of another length", "YWJjZGVm", 5, "BLOCK_LENGTH_MISMATCH"],
+    ["not base64 and of another length", "YW-_ZGVm", 5, "INVALID_BASE64"],
+  ])("refuses %s", (_label, text, expected, code) => {
+    expect(codeOf(() => decodeBase64InPlace(Buffer.from(text, "latin1"), expected))).toBe(code);
   });
 });
