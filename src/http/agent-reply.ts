@@ -1,4 +1,4 @@
-import type { Response } from "express";
+import type { ServerResponse } from "node:http";
 import { AppError } from "../errors.js";
 
 /*
@@ -10,14 +10,29 @@ import { AppError } from "../errors.js";
  *  - a server-side problem gets a non-JSON 503 on both endpoints, so 5.22+ agents retry (except a start
  *    refused for lack of disk space: JSON 507, the agent fails that carve at once).
  * Status codes are still meaningful for proxies, logs and humans.
+ *
+ * Replies are written with plain node:http calls (an Express response is one too), so the block fast path
+ * that runs before Express (agent-routes.ts) answers byte for byte as the Express routes do.
  */
 
-export function replyStartAccepted(res: Response, sessionId: string): void {
-  res.status(200).json({ session_id: sessionId });
+const JSON_TYPE = "application/json; charset=utf-8";
+const TEXT_TYPE = "text/plain; charset=utf-8";
+
+function send(res: ServerResponse, status: number, type: string, body: string | Buffer): void {
+  res.statusCode = status;
+  res.setHeader("Content-Type", type);
+  res.setHeader("Content-Length", typeof body === "string" ? Buffer.byteLength(body) : body.length);
+  res.end(body);
 }
 
-export function replyBlockAccepted(res: Response): void {
-  res.status(200).json({ success: true });
+export function replyStartAccepted(res: ServerResponse, sessionId: string): void {
+  send(res, 200, JSON_TYPE, JSON.stringify({ session_id: sessionId }));
+}
+
+const BLOCK_ACCEPTED = '{"success":true}';
+
+export function replyBlockAccepted(res: ServerResponse): void {
+  send(res, 200, JSON_TYPE, BLOCK_ACCEPTED);
 }
 
 function asAppError(err: unknown): AppError {
@@ -29,16 +44,16 @@ export function refusalText(err: AppError): string {
   return `refused: ${err.code}: ${err.publicMessage}\n`;
 }
 
-export function refuseNonJson(res: Response, error: unknown): AppError {
+export function refuseNonJson(res: ServerResponse, error: unknown): AppError {
   const err = asAppError(error);
-  res.status(err.status).type("text/plain; charset=utf-8").send(refusalText(err));
+  send(res, err.status, TEXT_TYPE, refusalText(err));
   return err;
 }
 
-export function refuseStart(res: Response, error: unknown): AppError {
+export function refuseStart(res: ServerResponse, error: unknown): AppError {
   const err = asAppError(error);
   // Transient server trouble: non-JSON, so a 5.22+ agent retries. A full disk is not transient: fail at once.
   if (err.status >= 500 && err.code !== "INSUFFICIENT_STORAGE") return refuseNonJson(res, err);
-  res.status(err.status).json({ error: { code: err.code, message: err.publicMessage } });
+  send(res, err.status, JSON_TYPE, JSON.stringify({ error: { code: err.code, message: err.publicMessage } }));
   return err;
 }

@@ -1,4 +1,5 @@
-import express, { type Request, type Response, type Router } from "express";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import express, { type NextFunction, type Request, type Response, type Router } from "express";
 import { AppError, safeErrorFields } from "../errors.js";
 import type { CarveService } from "../carves/carve-service.js";
 import type { Logger } from "../logger.js";
@@ -10,7 +11,7 @@ import { ByteBudget } from "../util/byte-budget.js";
 import { BufferPool } from "../util/buffer-pool.js";
 import { expectedBlockLength } from "../carves/geometry.js";
 import type { Metrics } from "../metrics.js";
-import { PUBLIC_FIRST_SEGMENTS, registerAgentPaths } from "./logging.js";
+import { PUBLIC_FIRST_SEGMENTS, registerAgentPaths, requestIdOf } from "./logging.js";
 
 export interface AgentRoutesOptions {
   startPath: string;
@@ -57,7 +58,7 @@ export function nodeApiRoute(endpoint: string): RegExp {
 }
 
 /** osquery sends `Authorization: NodeKey <key>` from 5.23 on. */
-function nodeKeyFromHeader(req: Request): string | undefined {
+function nodeKeyFromHeader(req: IncomingMessage): string | undefined {
   const auth = req.headers.authorization;
   if (typeof auth !== "string") return undefined;
   const m = /^NodeKey\s+(\S+)$/i.exec(auth.trim());
@@ -72,10 +73,29 @@ function kindOf(body: unknown): Kind | null {
   return null;
 }
 
-export function agentRouter(
-  deps: { carves: CarveService; logger: Logger; metrics?: Metrics | undefined },
+/** What a request is handled with: where refusals are logged and the request id they carry. */
+interface RequestContext {
+  log: Logger;
+  requestId: string | undefined;
+}
+
+export interface AgentEndpoints {
+  /** Every agent route, for the Express app. */
+  router: Router;
+  /**
+   * Middleware to mount before everything else (request logger, routers): answers `POST <continuePath>`
+   * itself and passes anything else on. Blocks are by far the most frequent request; Express's per-request
+   * work (router walk, response helpers) was about an eighth of the 8 KiB block path. Same handler, same
+   * replies, same refusal logs as the router; only the per-request access log is skipped, so mount it only
+   * when successful blocks would not be logged anyway (below debug level).
+   */
+  fastBlocks: (req: IncomingMessage, res: ServerResponse, next: NextFunction) => void;
+}
+
+export function agentEndpoints(
+  deps: { carves: CarveService; logger: Logger; metrics?: Metrics | undefined; isShuttingDown?: () => boolean },
   options: AgentRoutesOptions,
-): Router {
+): AgentEndpoints {
   const metrics = deps.metrics;
   const router = express.Router();
   // The request log shows these paths as they are; anything else POSTed has its first segment (where
@@ -90,29 +110,36 @@ export function agentRouter(
   // Free buffers kept are bounded by the same budget as the bodies being read.
   const pool = new BufferPool(options.inflightBodyBytes);
 
-  const logRefusal = (req: Request, kind: Kind | "unknown", err: AppError): AppError => {
+  const logRefusal = (ctx: RequestContext, kind: Kind | "unknown", err: AppError): AppError => {
     const fields = {
       kind,
       code: err.code,
-      requestId: typeof req.id === "string" ? req.id : undefined,
+      requestId: ctx.requestId,
       ...(err.cause ? { cause: safeErrorFields(err.cause) } : {}),
     };
-    if (err.status >= 500) req.log.error(fields, "agent request failed on the server side");
-    else req.log.warn(fields, "agent request refused");
+    if (err.status >= 500) ctx.log.error(fields, "agent request failed on the server side");
+    else ctx.log.warn(fields, "agent request refused");
     if (err.code === "STORAGE_UNAVAILABLE") metrics?.storeErrors.inc();
     if (kind === "start") metrics?.sessionsFailed.inc({ reason: err.code });
     else metrics?.blocksRefused.inc({ reason: err.code });
     return err;
   };
 
-  const handleStart = async (body: unknown, req: Request, res: Response, pathNodeKey: string | undefined): Promise<void> => {
+  const handleStart = async (
+    body: unknown,
+    req: IncomingMessage,
+    res: ServerResponse,
+    ctx: RequestContext,
+    pathNodeKey: string | undefined,
+  ): Promise<void> => {
     const parsed = startBodySchema.safeParse(body);
     if (!parsed.success) {
-      logRefusal(req, "start", refuseStart(res, new AppError("INVALID_START", describeIssues(parsed.error))));
+      logRefusal(ctx, "start", refuseStart(res, new AppError("INVALID_START", describeIssues(parsed.error))));
       return;
     }
     const b = parsed.data;
     const client = resolveClient(req, options.isTrustedProxy);
+    const userAgent = req.headers["user-agent"];
     try {
       const { session, created } = await deps.carves.start({
         blockCount: b.block_count,
@@ -123,20 +150,20 @@ export function agentRouter(
         // The body's node key wins (osquery 5.x sends it in start); agents with an empty one that use
         // --tls_node_api carry it in the path, and 5.23+ in the Authorization header.
         nodeKey: b.node_key || pathNodeKey || nodeKeyFromHeader(req) || "",
-        agent: { address: client.address, userAgent: req.get("user-agent") ?? null, certificate: client.certificate },
+        agent: { address: client.address, userAgent: typeof userAgent === "string" ? userAgent : null, certificate: client.certificate },
       });
       if (created) metrics?.sessionsStarted.inc();
       replyStartAccepted(res, session.sessionId);
     } catch (err) {
-      logRefusal(req, "start", refuseStart(res, err));
+      logRefusal(ctx, "start", refuseStart(res, err));
     }
   };
 
   /** Resolves false when the body's bytes must not be reused (the store failed: keep nothing to chance). */
-  const handleBlock = async (body: unknown, req: Request, res: Response): Promise<boolean> => {
+  const handleBlock = async (body: unknown, req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<boolean> => {
     const parsed = blockBodySchema.safeParse(body);
     if (!parsed.success) {
-      logRefusal(req, "block", refuseNonJson(res, new AppError("INVALID_BLOCK", describeIssues(parsed.error))));
+      logRefusal(ctx, "block", refuseNonJson(res, new AppError("INVALID_BLOCK", describeIssues(parsed.error))));
       return true;
     }
     const b = parsed.data;
@@ -150,7 +177,7 @@ export function agentRouter(
         certificate: options.bindCertificates ? resolveClient(req, options.isTrustedProxy).certificate : null,
       });
       if (outcome.duplicate) {
-        req.log.debug({ carveId: outcome.session.carveId, blockId: b.block_id }, "duplicate block acknowledged");
+        ctx.log.debug({ carveId: outcome.session.carveId, blockId: b.block_id, requestId: ctx.requestId }, "duplicate block acknowledged");
         metrics?.blocksDuplicate.inc();
       } else {
         metrics?.blocksReceived.inc();
@@ -163,65 +190,98 @@ export function agentRouter(
       replyBlockAccepted(res);
       return true;
     } catch (err) {
-      return logRefusal(req, "block", refuseNonJson(res, err)).status < 500;
+      return logRefusal(ctx, "block", refuseNonJson(res, err)).status < 500;
     }
   };
 
-  const handler =
+  const handle = async (
+    route: Kind | "auto",
+    req: IncomingMessage,
+    res: ServerResponse,
+    ctx: RequestContext,
+    pathNodeKey: string | undefined,
+  ): Promise<void> => {
+    const limit = route === "start" ? START_BODY_LIMIT : blockLimit;
+    const declared = Number(req.headers["content-length"]);
+    // osquery always sends Content-Length; a chunked body (other clients) is charged a nominal share and
+    // is still cut at the limit.
+    const share = Number.isFinite(declared) && declared >= 0 ? Math.min(declared, limit) : 64 * 1024;
+    const release = await budget.acquire(share);
+    metrics?.inflightBytes.set(budget.inUse);
+    let backing: Buffer | undefined;
+    let reusable = true;
+    try {
+      let raw: Buffer;
+      try {
+        // The Content-Type is not trusted (agents send application/json, other clients may not).
+        ({ bytes: raw, backing } = await readBody(req, limit, route === "start" ? undefined : pool));
+      } catch (err) {
+        const e = err instanceof AppError ? err : new AppError("INVALID_BLOCK");
+        logRefusal(ctx, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
+        return;
+      }
+      let body: unknown = route === "start" ? null : fastBlockBody(raw);
+      if (body === null) {
+        try {
+          body = JSON.parse(raw.toString("utf8"));
+        } catch {
+          const e = new AppError("INVALID_JSON");
+          logRefusal(ctx, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
+          return;
+        }
+      }
+      const kind = route === "auto" ? kindOf(body) : route;
+      if (kind === "start") return await handleStart(body, req, res, ctx, pathNodeKey);
+      if (kind === "block") {
+        reusable = await handleBlock(body, req, res, ctx);
+        return;
+      }
+      logRefusal(ctx, "unknown", refuseNonJson(res, new AppError("UNKNOWN_REQUEST")));
+    } finally {
+      if (backing && reusable) pool.release(backing);
+      release();
+      metrics?.inflightBytes.set(budget.inUse);
+    }
+  };
+
+  const routeHandler =
     (route: Kind | "auto") =>
     async (req: Request, res: Response): Promise<void> => {
       // Present only on the --tls_node_api routes (the path's first segment). Never logged.
       const pathNodeKey = typeof req.params.nodeKey === "string" ? req.params.nodeKey : undefined;
-      const limit = route === "start" ? START_BODY_LIMIT : blockLimit;
-      const declared = Number(req.headers["content-length"]);
-      // osquery always sends Content-Length; a chunked body (other clients) is charged a nominal share and
-      // is still cut at the limit.
-      const share = Number.isFinite(declared) && declared >= 0 ? Math.min(declared, limit) : 64 * 1024;
-      const release = await budget.acquire(share);
-      metrics?.inflightBytes.set(budget.inUse);
-      let backing: Buffer | undefined;
-      let reusable = true;
-      try {
-        let raw: Buffer;
-        try {
-          // The Content-Type is not trusted (agents send application/json, other clients may not).
-          ({ bytes: raw, backing } = await readBody(req, limit, route === "start" ? undefined : pool));
-        } catch (err) {
-          const e = err instanceof AppError ? err : new AppError("INVALID_BLOCK");
-          logRefusal(req, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
-          return;
-        }
-        let body: unknown = route === "start" ? null : fastBlockBody(raw);
-        if (body === null) {
-          try {
-            body = JSON.parse(raw.toString("utf8"));
-          } catch {
-            const e = new AppError("INVALID_JSON");
-            logRefusal(req, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
-            return;
-          }
-        }
-        const kind = route === "auto" ? kindOf(body) : route;
-        if (kind === "start") return await handleStart(body, req, res, pathNodeKey);
-        if (kind === "block") {
-          reusable = await handleBlock(body, req, res);
-          return;
-        }
-        logRefusal(req, "unknown", refuseNonJson(res, new AppError("UNKNOWN_REQUEST")));
-      } finally {
-        if (backing && reusable) pool.release(backing);
-        release();
-        metrics?.inflightBytes.set(budget.inUse);
-      }
+      const ctx = { log: req.log, requestId: typeof req.id === "string" ? req.id : undefined };
+      await handle(route, req, res, ctx, pathNodeKey);
     };
 
-  router.post(options.startPath, handler("start"));
-  router.post(options.continuePath, handler("block"));
-  router.post("/", handler("auto"));
+  router.post(options.startPath, routeHandler("start"));
+  router.post(options.continuePath, routeHandler("block"));
+  router.post("/", routeHandler("auto"));
   // --tls_node_api: the same endpoints behind a node-key segment. "/<node_key>" alone (what empty endpoint
   // flags produce with --tls_node_api) is not accepted: it cannot be told apart from any one-segment path.
-  router.post(nodeApiRoute(options.startPath), handler("start"));
-  router.post(nodeApiRoute(options.continuePath), handler("block"));
-  router.post(nodeApiRoute("/"), handler("auto"));
-  return router;
+  router.post(nodeApiRoute(options.startPath), routeHandler("start"));
+  router.post(nodeApiRoute(options.continuePath), routeHandler("block"));
+  router.post(nodeApiRoute("/"), routeHandler("auto"));
+
+  const isShuttingDown = deps.isShuttingDown ?? (() => false);
+  const continuePath = options.continuePath;
+  const fastBlocks = (req: IncomingMessage, res: ServerResponse, next: NextFunction): void => {
+    const url = req.url ?? "";
+    // Exactly the continue path (Express's router also matches a trailing slash or a query: those take
+    // the ordinary route).
+    if (req.method !== "POST" || url !== continuePath) {
+      next();
+      return;
+    }
+    const requestId = requestIdOf(req);
+    res.setHeader("X-Request-Id", requestId);
+    // While draining, tell clients not to reuse the connection.
+    if (isShuttingDown()) res.setHeader("Connection", "close");
+    handle("block", req, res, { log: deps.logger, requestId }, undefined).catch((err: unknown) => {
+      // handle() answers every refusal itself; anything here is a bug: fail the request, never silently.
+      deps.logger.error({ err: safeErrorFields(err), requestId }, "block request failed");
+      if (!res.headersSent) refuseNonJson(res, err);
+      else res.destroy();
+    });
+  };
+  return { router, fastBlocks };
 }
