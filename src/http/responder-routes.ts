@@ -275,8 +275,16 @@ export function responderRouter(deps: ResponderDeps): Router {
       else await pipeline(handle.stream, count, res);
     } catch (err) {
       ctx.detail.bytesSent = sent;
+      const prematureClose = (err as { code?: unknown }).code === "ERR_STREAM_PREMATURE_CLOSE";
+      if (prematureClose && res.writableFinished) {
+        // The response was ended (so the archive stream had ended) and every byte was handed to the OS, but
+        // the client closed the connection before Node reported 'finish': curl does exactly that once it has
+        // Content-Length bytes. A complete download, not a storage error (found by the download benchmark).
+        ctx.detail.completed = true;
+        return;
+      }
       ctx.detail.completed = false;
-      if (!res.writableFinished && (req.destroyed || (err as { code?: unknown }).code === "ERR_STREAM_PREMATURE_CLOSE")) {
+      if (!res.writableFinished && (req.destroyed || prematureClose)) {
         // The client went away: not an error of ours; the audit says how far it got.
         ctx.detail.aborted = true;
         logger.info({ carveId, bytesSent: sent }, "download aborted by the client");
