@@ -114,6 +114,43 @@ describe("GridFS specifics", () => {
     expect(sha256(await readAll(bucket.openDownloadStreamByName(`${carve.spec.carveId}.tar`)))).toBe(sha256(carve.bytes));
   });
 
+  it("streams a download in batches read as they are needed, checking every chunk", async () => {
+    // Reading everything up front (what the driver's download stream does on a server that ignores batch
+    // limits) held a whole carve in memory. Here a chunk deleted after the download started is found
+    // missing only when its batch is fetched: the bytes before it have gone out, then the stream fails.
+    const store = await open();
+    const chunk = 256 * 1024; // 16 chunks per 4 MiB batch
+    const carve = makeCarve({ size: 40 * chunk, blockSize: chunk });
+    const { session } = await store.createSession(carve.spec, "gfsstream1");
+    for (const [i, b] of carve.blocks.entries()) await store.putBlock(session, i, b);
+    const { stream } = await store.openArchive(carve.spec.carveId);
+    const received: Buffer[] = [];
+    const iterator = (stream as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+    const first = await iterator.next();
+    received.push(first.value as Buffer);
+    await client.db(database).collection("carves.chunks").deleteOne({ _id: "gfsstream1/35" as never });
+    let failure: unknown;
+    try {
+      for (let r = await iterator.next(); !r.done; r = await iterator.next()) received.push(r.value as Buffer);
+    } catch (err) {
+      failure = err;
+    }
+    expect(failure).toBeInstanceOf(AppError);
+    expect((failure as AppError).code).toBe("STORAGE_UNAVAILABLE");
+    const got = Buffer.concat(received);
+    expect(got.length).toBe(35 * chunk);
+    expect(got.equals(carve.bytes.subarray(0, 35 * chunk))).toBe(true);
+
+    // A range inside one chunk, across batches, and the last byte.
+    const other = makeCarve({ size: 40 * chunk + 5, blockSize: chunk });
+    const s2 = await store.createSession(other.spec, "gfsstream2");
+    for (const [i, b] of other.blocks.entries()) await store.putBlock(s2.session, i, b);
+    for (const [start, end] of [[10, 20], [15 * chunk - 3, 33 * chunk + 2], [40 * chunk + 4, 40 * chunk + 4], [0, 40 * chunk + 4]] as const) {
+      const h = await store.openArchive(other.spec.carveId, { start, end });
+      expect((await readAll(h.stream)).equals(other.bytes.subarray(start, end + 1))).toBe(true);
+    }
+  });
+
   it("refuses geometries it cannot store, before writing anything", async () => {
     const store = await open();
     const prime = makeCarve({ size: 1024, blockSize: 1024 });
