@@ -27,8 +27,7 @@
  * Writes <out>/<ISO timestamp, ':' as '-'>.json and <out>/latest.md; exit code 1 if any carve failed.
  */
 import { execFileSync } from "node:child_process";
-import { randomFillSync } from "node:crypto";
-import { open, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -51,6 +50,7 @@ import {
   type CaseResult,
 } from "./report.js";
 import {
+  makeSourceFile,
   sha256OfFile,
   snapshotBuild,
   startMongoWire,
@@ -124,22 +124,6 @@ function parseList<T>(value: string | undefined, parse: (s: string) => T): T[] |
     .split(",")
     .filter((s) => s.trim() !== "")
     .map(parse);
-}
-
-/** Writes `bytes` random bytes (the "archive": raw random data, incompressible). */
-async function makeSourceFile(file: string, bytes: number): Promise<void> {
-  const fh = await open(file, "w");
-  try {
-    const buf = Buffer.alloc(Math.min(bytes, MiB));
-    for (let done = 0; done < bytes;) {
-      const n = Math.min(buf.length, bytes - done);
-      randomFillSync(buf, 0, n);
-      await fh.write(buf, 0, n);
-      done += n;
-    }
-  } finally {
-    await fh.close();
-  }
 }
 
 /** The commit and uncommitted files the measured build came from (others edit the tree concurrently). */

@@ -3,9 +3,9 @@
  * database per case), or the bare reference server. Each is a child process on its own free port.
  */
 import { execFile } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { createHash, randomBytes, randomFillSync } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { cp, mkdir, mkdtemp, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, open, rm, stat, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
@@ -44,6 +44,22 @@ export interface TargetOptions {
   /** Extra environment of the service child (not the bare server), e.g. MALLOC_ARENA_MAX. */
   serviceEnv: Record<string, string>;
   mongo?: MongoWire;
+}
+
+/** Writes `bytes` random bytes (the "archive": raw random data, incompressible). */
+export async function makeSourceFile(file: string, bytes: number): Promise<void> {
+  const fh = await open(file, "w");
+  try {
+    const buf = Buffer.alloc(Math.min(bytes, 1024 * 1024));
+    for (let done = 0; done < bytes;) {
+      const n = Math.min(buf.length, bytes - done);
+      randomFillSync(buf, 0, n);
+      await fh.write(buf, 0, n);
+      done += n;
+    }
+  } finally {
+    await fh.close();
+  }
 }
 
 export async function sha256OfFile(file: string): Promise<string> {
@@ -132,6 +148,52 @@ function serviceEnv(port: number, logLevel: string): Record<string, string> {
   };
 }
 
+/** Where a service child keeps its carves: a data directory, plus a database on the GridFS backend. */
+export interface ServiceStorage {
+  dataDir: string;
+  /** GridFS only: the database (on opts.mongo) the service uses. */
+  database?: string;
+}
+
+export function newDatabaseName(): string {
+  return `carve_bench_${randomBytes(6).toString("hex")}`;
+}
+
+/**
+ * Spawns the service on `kind` with the given storage and waits until it answers GET /status. Two children
+ * started one after the other on the same storage see the same carves (the download benchmark uploads with
+ * one and downloads from a fresh one). `port` defaults to a free one.
+ */
+export async function spawnService(
+  kind: "filesystem" | "gridfs",
+  opts: TargetOptions,
+  storage: ServiceStorage,
+  port?: number,
+): Promise<NodeChild> {
+  const p = port ?? (await freePort());
+  let backendEnv: Record<string, string>;
+  if (kind === "filesystem") {
+    backendEnv = { CARVE_STORAGE: "filesystem", CARVE_DATA_DIR: storage.dataDir };
+  } else {
+    if (!opts.mongo) throw new Error("gridfs target needs the MongoDB-wire server");
+    if (storage.database === undefined) throw new Error("gridfs target needs a database name");
+    backendEnv = {
+      CARVE_STORAGE: "gridfs",
+      CARVE_DATA_DIR: storage.dataDir,
+      CARVE_MONGODB_URI: opts.mongo.uri,
+      CARVE_MONGODB_DATABASE: storage.database,
+      CARVE_GRIDFS_BUCKET: BUCKET,
+    };
+  }
+  return spawnNodeService({
+    script: opts.build.serviceScript,
+    nodeArgs: opts.nodeArgs,
+    cwd: opts.tmpRoot,
+    env: { ...opts.serviceEnv, ...serviceEnv(p, opts.logLevel), ...backendEnv },
+    port: p,
+  });
+}
+
 export async function startTarget(kind: TargetKind, opts: TargetOptions): Promise<RunningTarget> {
   const port = await freePort();
   if (kind === "bare") {
@@ -154,18 +216,7 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
 
   const dataDir = await mkdtemp(path.join(opts.tmpRoot, `${kind}-`));
   if (kind === "filesystem") {
-    const child = await spawnNodeService({
-      script: opts.build.serviceScript,
-      nodeArgs: opts.nodeArgs,
-      cwd: opts.tmpRoot,
-      env: {
-        ...opts.serviceEnv,
-        ...serviceEnv(port, opts.logLevel),
-        CARVE_STORAGE: "filesystem",
-        CARVE_DATA_DIR: dataDir,
-      },
-      port,
-    });
+    const child = await spawnService("filesystem", opts, { dataDir }, port);
     return {
       kind,
       child,
@@ -196,22 +247,8 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
 
   const mongo = opts.mongo;
   if (!mongo) throw new Error("gridfs target needs the MongoDB-wire server");
-  const database = `carve_bench_${randomBytes(6).toString("hex")}`;
-  const child = await spawnNodeService({
-    script: opts.build.serviceScript,
-    nodeArgs: opts.nodeArgs,
-    cwd: opts.tmpRoot,
-    env: {
-      ...opts.serviceEnv,
-      ...serviceEnv(port, opts.logLevel),
-      CARVE_STORAGE: "gridfs",
-      CARVE_DATA_DIR: dataDir,
-      CARVE_MONGODB_URI: mongo.uri,
-      CARVE_MONGODB_DATABASE: database,
-      CARVE_GRIDFS_BUCKET: BUCKET,
-    },
-    port,
-  });
+  const database = newDatabaseName();
+  const child = await spawnService("gridfs", opts, { dataDir, database }, port);
   const files = mongo.client
     .db(database)
     .collection<{ length: number; metadata?: { sha256?: unknown } }>(`${BUCKET}.files`);
