@@ -8,8 +8,15 @@
  * Replies: GET anything -> {"success":true}; POST whose body contains "block_count" (a carve start; the key
  * is looked for in the first 4 KiB only, start bodies are ~200 bytes) -> {"session_id":"bench"}; any other
  * POST -> {"success":true}.
+ *
+ * Download reference (the download benchmark): with BENCH_DOWNLOAD_FILE set, GET /download streams that file
+ * (fs.createReadStream piped to the response with Content-Length, BENCH_DOWNLOAD_CHUNK bytes per read,
+ * default 256 KiB like the service's filesystem store) and nothing else: no authorization, no audit, no
+ * framework. What the service's download adds is the difference.
  */
+import { createReadStream, statSync } from "node:fs";
 import http from "node:http";
+import { pipeline } from "node:stream/promises";
 
 const START_REPLY = Buffer.from('{"session_id":"bench"}');
 const OK_REPLY = Buffer.from('{"success":true}');
@@ -21,8 +28,24 @@ function reply(res: http.ServerResponse, body: Buffer): void {
   res.end(body);
 }
 
-function createBareServer(): http.Server {
+function sendFile(res: http.ServerResponse, file: string, chunk: number): void {
+  let size: number;
+  try {
+    size = statSync(file).size;
+  } catch {
+    res.writeHead(404).end();
+    return;
+  }
+  res.writeHead(200, { "Content-Type": "application/x-tar", "Content-Length": String(size) });
+  pipeline(createReadStream(file, { highWaterMark: chunk }), res).catch(() => res.destroy());
+}
+
+function createBareServer(download?: { file: string; chunk: number }): http.Server {
   const server = http.createServer((req, res) => {
+    if (download && req.method === "GET" && req.url === "/download") {
+      sendFile(res, download.file, download.chunk);
+      return;
+    }
     if (req.method !== "POST") {
       req.resume();
       reply(res, OK_REPLY);
@@ -49,7 +72,13 @@ function main(): void {
     process.stderr.write(`bare-server: bad port ${String(port)}\n`);
     process.exit(2);
   }
-  const server = createBareServer();
+  const file = process.env.BENCH_DOWNLOAD_FILE;
+  const chunk = Number(process.env.BENCH_DOWNLOAD_CHUNK ?? 256 * 1024);
+  if (!Number.isInteger(chunk) || chunk < 1) {
+    process.stderr.write(`bare-server: bad BENCH_DOWNLOAD_CHUNK ${String(process.env.BENCH_DOWNLOAD_CHUNK)}\n`);
+    process.exit(2);
+  }
+  const server = createBareServer(file ? { file, chunk } : undefined);
   server.listen(port, host, () => {
     const addr = server.address();
     process.stderr.write(`bare-server: listening ${JSON.stringify(addr)}\n`);
