@@ -5,7 +5,8 @@
  *   npm run bench -- [--backend filesystem|gridfs|all] [--quick] [--out bench/results]
  *                    [--agents 1,10,50] [--block-sizes 8KiB,1MiB] [--repeat N] [--skip-bare]
  *                    [--log-level warn] [--node-args="..."] [--service-env K=V] [--cpu-prof [--cpu-prof-dir DIR]]
- *
+ *                    [--only-downloads | --skip-downloads] [--download-size 1GiB] [--gridfs-download-size 256MiB]
+ *                    [--slow-reader 16M:8|off]
  *                    [--service-dist DIR] [--no-write]
  *
  * Per case (block size x agents x target) a fresh child process on a free port: the service
@@ -22,9 +23,25 @@
  * bare server (throughput for 1 MiB blocks, requests/s for smaller ones).
  *
  * GridFS runs against scripts/mongo-wire.sh (mongo-java-server, H2 backend; FerretDB cannot be installed
- * here), so its figures are that server's, not MongoDB's. Downloads are not measured yet (responder API).
+ * here), so its figures are that server's, not MongoDB's.
  *
- * Writes <out>/<ISO timestamp, ':' as '-'>.json and <out>/latest.md; exit code 1 if any carve failed.
+ * Downloads (scripts/bench/download.ts; after the upload matrix, or alone with --only-downloads): per backend
+ * one carve of --download-size (default 1 GiB = 2^30 bytes, --quick 64 MiB) of random data is uploaded
+ * through the agent emulator (1 agent, 1 MiB blocks), then a fresh service child on the same storage serves
+ * it to the real curl as a responder fetches it (GET /api/v1/carves/<id>/archive, X-Vault-Token checked
+ * against scripts/bench/vault-stub.ts): --repeat timed runs to /dev/null interleaved with the bare server
+ * streaming the same file (fs.createReadStream piped to the response), one run hashed (bytes and SHA-256
+ * must match) and one slow reader (curl --limit-rate/--max-time, --slow-reader). Reported: MB/s (curl's
+ * time_total), ratio to bare, and the child's RSS idle (before its first download), before, peak during
+ * (VmHWM reset by clear_refs, plus 100 ms samples), right after and 1 s after each download; the goal is a
+ * flat RSS: peak - idle < 64 MB in every run.
+ * GridFS downloads use a smaller carve (--gridfs-download-size, default 256 MiB or --download-size if
+ * smaller): mongo-java-server answers the driver's chunk query in one batch (all chunks at once, ignoring
+ * MongoDB's 16 MiB batch limit), so the service holds the whole carve before its first byte, and a 1 GiB
+ * reply fails inside that server. Its download goal is informational.
+ *
+ * Writes <out>/<ISO timestamp, ':' as '-'>.json and <out>/latest.md; exit code 1 if any carve or download
+ * failed its checks.
  */
 import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
@@ -32,12 +49,17 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 
+import { runDownloadBench, type DownloadBenchResult, type SlowReader } from "./download.js";
 import { driveAgents } from "./driver.js";
 import { formatProfileSummary, summarizeProfileFile, type ProfileSummary } from "./profile.js";
 import { readCpuSeconds, readMemory, ROOT, RssSampler } from "./proc.js";
 import {
   computeRatios,
+  downloadSummary,
+  downloadTable,
+  evaluateDownloadGoals,
   evaluateGoals,
+  GiB,
   groupCases,
   summaryTable,
   fmtSize,
@@ -89,8 +111,6 @@ const QUICK: CaseDef[] = [
 const MONGO_NOTE =
   "GridFS runs against mongo-java-server (H2 backend, scripts/mongo-wire.sh) because FerretDB cannot be " +
   "installed here: its throughput is not MongoDB's.";
-const DOWNLOAD_TODO =
-  "download benchmark: pending responder API (TODO: MB/s of a 1 GB carve streamed to curl, service RSS flat)";
 
 const USAGE = `npm run bench -- [options]
   --backend filesystem|gridfs|all   service backends to run (default all); the bare server always runs
@@ -108,14 +128,28 @@ const USAGE = `npm run bench -- [options]
   --cpu-prof                        run the children with node --cpu-prof and print their hottest functions
   --cpu-prof-dir DIR                where the .cpuprofile files go (default: a new directory in the tmp dir)
   --no-write                        print only, write no results files
+  --only-downloads                  run only the download benchmark (no upload matrix)
+  --skip-downloads                  run only the upload matrix
+  --download-size SIZE              carve size of the download benchmark (default 1GiB, --quick 64MiB)
+  --gridfs-download-size SIZE       carve size on GridFS (default 256MiB, at most --download-size): the
+                                    substitute MongoDB server returns all chunks in one batch
+  --slow-reader RATE:SECONDS|off    slow-reader download: curl --limit-rate RATE --max-time SECONDS
+                                    (default 16M:8, --quick 8M:2)
 `;
 
 function parseSize(s: string): number {
-  const m = /^(\d+)\s*(k|kib|m|mib)?$/i.exec(s.trim());
-  if (!m?.[1]) throw new Error(`not a block size: ${s}`);
+  const m = /^(\d+)\s*(k|kib|m|mib|g|gib)?$/i.exec(s.trim());
+  if (!m?.[1]) throw new Error(`not a size: ${s}`);
   const n = Number(m[1]);
   const unit = (m[2] ?? "").toLowerCase();
-  return unit.startsWith("k") ? n * KiB : unit.startsWith("m") ? n * MiB : n;
+  return unit.startsWith("k") ? n * KiB : unit.startsWith("m") ? n * MiB : unit.startsWith("g") ? n * GiB : n;
+}
+
+function parseSlowReader(s: string): SlowReader | null {
+  if (s === "off") return null;
+  const m = /^(\d+[kKmMgG]?):(\d+)$/.exec(s.trim());
+  if (!m?.[1] || !m[2] || Number(m[2]) < 1) throw new Error(`--slow-reader expects RATE:SECONDS (e.g. 16M:8) or off, not ${s}`);
+  return { rate: m[1], seconds: Number(m[2]) };
 }
 
 function parseList<T>(value: string | undefined, parse: (s: string) => T): T[] | undefined {
@@ -312,6 +346,11 @@ async function main(): Promise<number> {
       "cpu-prof": { type: "boolean", default: false },
       "cpu-prof-dir": { type: "string" },
       "no-write": { type: "boolean", default: false },
+      "only-downloads": { type: "boolean", default: false },
+      "skip-downloads": { type: "boolean", default: false },
+      "download-size": { type: "string" },
+      "gridfs-download-size": { type: "string" },
+      "slow-reader": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -334,7 +373,18 @@ async function main(): Promise<number> {
   const matrix = (values.quick ? QUICK : FULL).filter(
     (c) => (!agentFilter || agentFilter.includes(c.agents)) && (!sizeFilter || sizeFilter.includes(c.blockSize)),
   );
-  if (matrix.length === 0) throw new Error("no case left after --agents / --block-sizes");
+  if (values["only-downloads"] && values["skip-downloads"]) throw new Error("--only-downloads and --skip-downloads exclude each other");
+  const runUploads = !values["only-downloads"];
+  const runDownloads = !values["skip-downloads"];
+  if (runUploads && matrix.length === 0) throw new Error("no case left after --agents / --block-sizes");
+  const downloadBytes = parseSize(values["download-size"] ?? (values.quick ? "64MiB" : "1GiB"));
+  if (downloadBytes < 1) throw new Error("--download-size must be at least 1 byte");
+  const gridfsDownloadBytes =
+    values["gridfs-download-size"] !== undefined
+      ? parseSize(values["gridfs-download-size"])
+      : Math.min(downloadBytes, 256 * MiB);
+  if (gridfsDownloadBytes < 1) throw new Error("--gridfs-download-size must be at least 1 byte");
+  const slowReader = parseSlowReader(values["slow-reader"] ?? (values.quick ? "8M:2" : "16M:8"));
   const serviceEnv: Record<string, string> = {};
   for (const kv of values["service-env"]) {
     const eq = kv.indexOf("=");
@@ -365,7 +415,11 @@ async function main(): Promise<number> {
   }
 
   log(
-    `carve benchmark (${values.quick ? "quick" : "full"}): targets ${kinds.join(", ")}; ${matrix.length} cases x ${repeat}`,
+    `carve benchmark (${values.quick ? "quick" : "full"}): targets ${kinds.join(", ")}; ` +
+      (runUploads ? `${matrix.length} upload cases x ${repeat}` : "no upload cases") +
+      (runDownloads
+        ? `; downloads of a ${fmtSize(downloadBytes)} carve${backends.includes("gridfs") && gridfsDownloadBytes !== downloadBytes ? ` (GridFS ${fmtSize(gridfsDownloadBytes)})` : ""} x ${repeat}`
+        : "; no downloads"),
   );
   log(
     `machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? "?"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, node ${process.version}, load ${os
@@ -379,7 +433,7 @@ async function main(): Promise<number> {
 
   // Source files: one random file per carve size, shared by all agents of a case.
   const sources = new Map<number, { file: string; sha256: string }>();
-  for (const size of new Set(matrix.map((c) => c.carveBytes))) {
+  for (const size of new Set(runUploads ? matrix.map((c) => c.carveBytes) : [])) {
     const file = path.join(tmpRoot, `source-${size}.bin`);
     await makeSourceFile(file, size);
     sources.set(size, { file, sha256: await sha256OfFile(file) });
@@ -394,7 +448,7 @@ async function main(): Promise<number> {
   }
 
   const rows: CaseResult[] = [];
-  for (const def of matrix) {
+  for (const def of runUploads ? matrix : []) {
     const src = sources.get(def.carveBytes);
     if (!src) throw new Error("missing source file");
     for (let rep = 0; rep < repeat; rep++) {
@@ -425,8 +479,38 @@ async function main(): Promise<number> {
       }
     }
   }
+  // The upload sources are not needed any more: free their disk before the download's big carve.
+  for (const src of sources.values()) await rm(src.file, { force: true });
+
+  let downloads: DownloadBenchResult | undefined;
+  if (runDownloads) {
+    log(
+      `downloads: ${fmtSize(downloadBytes)} carve${backends.includes("gridfs") ? ` (GridFS ${fmtSize(gridfsDownloadBytes)})` : ""}, targets ${kinds.join(", ")}; ${repeat} timed run(s) each, one verified, ` +
+        (slowReader ? `one slow reader (--limit-rate ${slowReader.rate}, --max-time ${slowReader.seconds})` : "no slow reader"),
+    );
+    downloads = await runDownloadBench({
+      backends: backends.filter((b): b is "filesystem" | "gridfs" => b !== "bare"),
+      includeBare: kinds.includes("bare"),
+      carveBytes: downloadBytes,
+      gridfsCarveBytes: gridfsDownloadBytes,
+      repeat,
+      slowReader,
+      tmpRoot,
+      build,
+      logLevel: values["log-level"],
+      mongo,
+      serviceNodeArgs,
+      serviceEnv,
+      cleanups,
+      log,
+    });
+  }
+
   computeRatios(rows);
-  const goals = evaluateGoals(rows, backends);
+  const goals = [
+    ...(runUploads ? evaluateGoals(rows, backends) : []),
+    ...(downloads ? evaluateDownloadGoals(downloads.runs, backends) : []),
+  ];
   const finishedAt = new Date();
 
   const args = process.argv.slice(2).join(" ");
@@ -439,6 +523,16 @@ async function main(): Promise<number> {
     "Driver (simulated agents), server and (GridFS) database share the 2 cores: svc/drv/db CPU = CPU seconds / wall seconds of each (100% = one core).",
     `Service source: commit ${source.commit?.slice(0, 12) ?? "?"}${source.uncommitted.length > 0 ? ` plus ${source.uncommitted.length} uncommitted paths in src/, conf/, package*.json (listed in the JSON)` : ""}.`,
     "MB = 10^6 bytes. Wall clock: first start request sent to last block reply received. 'load': the machine's 1-minute load average when the case started (other work on this shared machine shows there).",
+    ...(downloads
+      ? [
+          `Downloads: ${downloads.carveBytes} bytes (${fmtSize(downloads.carveBytes)})${downloads.gridfsCarveBytes !== null && downloads.gridfsCarveBytes !== downloads.carveBytes ? `, on GridFS ${downloads.gridfsCarveBytes} bytes (${fmtSize(downloads.gridfsCarveBytes)})` : ""} of random data, ${downloads.curlVersion.split(" ").slice(0, 2).join(" ")} on the same 2 cores; MB/s = bytes received / curl's time_total (request sent to last byte, Vault check included). RSS of the serving child: idle = VmRSS before its first download (fresh child, one metadata request served), before = when curl starts, peak = VmHWM since a clear_refs reset plus 100 ms samples, after = when curl exits and 1 s later; flat means peak - idle < 64 MB in every run.`,
+          ...(downloads.gridfsCarveBytes !== null
+            ? [
+                "GridFS downloads: the MongoDB driver reads a GridFS file with one find over its chunks and no batch size; MongoDB caps each batch at 16 MiB, but mongo-java-server answers with every chunk in one batch, so the service holds the whole carve before the first byte goes out (RSS grows with the carve size) and a 1 GiB carve makes that server fail. Hence the smaller GridFS carve and an informational goal.",
+              ]
+            : []),
+        ]
+      : []),
     ...(profileRoot !== null ? ["Children ran with node --cpu-prof: sampling overhead lowers their figures."] : []),
     ...(values["log-level"] !== "warn" ? [`Service LOG_LEVEL=${values["log-level"]}.`] : []),
     ...(serviceDist !== undefined ? [`Service build: ${serviceDist} (not this tree's dist/).`] : []),
@@ -453,27 +547,45 @@ async function main(): Promise<number> {
         `### ${r.target}, ${fmtSize(r.blockSize)} blocks, ${r.agents} agents\n\n\`\`\`\n${formatProfileSummary(r.profile as ProfileSummary)}\n\`\`\``,
     )
     .join("\n\n");
+  const uploadMd = runUploads
+    ? [
+        ...(repeat > 1
+          ? [`## Summary (${repeat} interleaved runs per case)`, "", summaryTable(groupCases(rows)), "", "## Every run", ""]
+          : []),
+        markdownTable(rows),
+        "",
+      ]
+    : [];
+  const downloadMd = downloads
+    ? [
+        `## Downloads: a ${fmtSize(downloads.carveBytes)} carve streamed to curl${downloads.gridfsCarveBytes !== null && downloads.gridfsCarveBytes !== downloads.carveBytes ? ` (GridFS: ${fmtSize(downloads.gridfsCarveBytes)})` : ""}`,
+        "",
+        ...downloads.setups.map(
+          (s) =>
+            `- ${s.target}: ${fmtSize(s.carveBytes)} carve ${s.carveId} uploaded by the agent emulator (1 MiB blocks) at ${s.uploadMBps.toFixed(1)} MB/s in ${(s.uploadWallMs / 1000).toFixed(1)} s; served by a fresh child (idle RSS ${(s.downloadServiceIdleRssBytes / MB).toFixed(1)} MB after the metadata request).`,
+        ),
+        `- Vault stand-in (scripts/bench/vault-stub.ts): ${downloads.vaultLookups.allowed} lookup-self answered for the whole download run (decisions are cached 30 s), ${downloads.vaultLookups.refused} refused.`,
+        "",
+        downloadSummary(downloads.runs),
+        "",
+        downloadTable(downloads.runs, downloads.slowReader),
+        "",
+      ]
+    : ["## Downloads", "", "- not run (--skip-downloads)", ""];
   const md = [
-    `# Carve benchmark, ${startedAt.toISOString()} (${values.quick ? "quick" : "full"} matrix)`,
+    `# Carve benchmark, ${startedAt.toISOString()} (${values.quick ? "quick" : "full"} matrix${runUploads ? "" : ", downloads only"})`,
     "",
     `\`${command}\` on ${os.cpus().length} x ${os.cpus()[0]?.model ?? "?"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, node ${process.version}, ${Math.round((finishedAt.getTime() - startedAt.getTime()) / 1000)} s.`,
     "",
     ...notes.map((n) => `- ${n}`),
     "",
-    ...(repeat > 1
-      ? [`## Summary (${repeat} interleaved runs per case)`, "", summaryTable(groupCases(rows)), "", "## Every run", ""]
-      : []),
-    markdownTable(rows),
-    "",
+    ...uploadMd,
+    ...downloadMd,
     "## Goals",
     "",
     formatGoals(goals),
     "",
     `Overall: ${failedGoals.length === 0 ? "PASS" : `MISS (${failedGoals.map((g) => g.id).join(", ")})`}`,
-    "",
-    "## Downloads",
-    "",
-    `- ${DOWNLOAD_TODO}`,
     ...(profileText ? ["", "## CPU profiles", "", profileText] : []),
     "",
   ].join("\n");
@@ -499,11 +611,16 @@ async function main(): Promise<number> {
       options: { ...values, repeat },
       source,
       notes,
-      units: { throughput: "MB/s (10^6 bytes of decoded carve data per second)", rss: "bytes", latency: "ms" },
+      units: {
+        throughput: "MB/s (10^6 bytes of decoded carve data per second)",
+        downloadThroughput: "MB/s (10^6 bytes received by curl per second of curl's time_total)",
+        rss: "bytes",
+        latency: "ms",
+      },
       cases: rows,
       goals,
       overall: failedGoals.length === 0 ? "PASS" : "MISS",
-      downloads: { status: "pending responder API", todo: DOWNLOAD_TODO },
+      downloads: downloads ?? null,
       ...(profileRoot !== null ? { profileDir: profileRoot } : {}),
     };
     await writeFile(jsonFile, `${JSON.stringify(json, null, 2)}\n`);
@@ -514,7 +631,8 @@ async function main(): Promise<number> {
     log(`cpu profiles in ${profileRoot} (summarize one: node dist/scripts/bench/profile.js FILE)`);
 
   await cleanupAll();
-  return rows.some((r) => r.carvesOk !== r.carvesTotal) ? 1 : 0;
+  const downloadFailed = downloads?.runs.some((r) => !r.ok) ?? false;
+  return rows.some((r) => r.carvesOk !== r.carvesTotal) || downloadFailed ? 1 : 0;
 }
 
 main().then(
