@@ -40,8 +40,9 @@
  * MongoDB's 16 MiB batch limit), so the service holds the whole carve before its first byte, and a 1 GiB
  * reply fails inside that server. Its download goal is informational.
  *
- * Writes <out>/<ISO timestamp, ':' as '-'>.json and <out>/latest.md; exit code 1 if any carve or download
- * failed its checks.
+ * Writes <out>/<ISO timestamp, ':' as '-'>.json and <out>/latest.md (<out>/latest-downloads.md with
+ * --only-downloads, so a download-only run does not replace the last upload results); exit code 1 if any
+ * carve or download failed its checks.
  */
 import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
@@ -128,7 +129,8 @@ const USAGE = `npm run bench -- [options]
   --cpu-prof                        run the children with node --cpu-prof and print their hottest functions
   --cpu-prof-dir DIR                where the .cpuprofile files go (default: a new directory in the tmp dir)
   --no-write                        print only, write no results files
-  --only-downloads                  run only the download benchmark (no upload matrix)
+  --only-downloads                  run only the download benchmark (no upload matrix); writes
+                                    latest-downloads.md instead of latest.md
   --skip-downloads                  run only the upload matrix
   --download-size SIZE              carve size of the download benchmark (default 1GiB, --quick 64MiB)
   --gridfs-download-size SIZE       carve size on GridFS (default 256MiB, at most --download-size): the
@@ -624,8 +626,9 @@ async function main(): Promise<number> {
       ...(profileRoot !== null ? { profileDir: profileRoot } : {}),
     };
     await writeFile(jsonFile, `${JSON.stringify(json, null, 2)}\n`);
-    await writeFile(path.join(outDir, "latest.md"), md);
-    log(`\nwrote ${path.relative(ROOT, jsonFile)} and ${path.relative(ROOT, path.join(outDir, "latest.md"))}`);
+    const mdFile = path.join(outDir, runUploads ? "latest.md" : "latest-downloads.md");
+    await writeFile(mdFile, md);
+    log(`\nwrote ${path.relative(ROOT, jsonFile)} and ${path.relative(ROOT, mdFile)}`);
   }
   if (profileRoot !== null)
     log(`cpu profiles in ${profileRoot} (summarize one: node dist/scripts/bench/profile.js FILE)`);
