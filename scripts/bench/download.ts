@@ -32,7 +32,16 @@ import { setTimeout as sleep } from "node:timers/promises";
 
 import { driveAgents } from "./driver.js";
 import { freePort, readCpuSeconds, readMemory, RssSampler, spawnNodeService, type NodeChild } from "./proc.js";
-import { fmtSize, MB, MiB, type DownloadResult, type DownloadSetup, type DownloadVariant } from "./report.js";
+import {
+  fmtSize,
+  MB,
+  MiB,
+  type DownloadResult,
+  type DownloadSetup,
+  type DownloadVariant,
+  type ServiceDownloadMetrics,
+  type ServiceRecord,
+} from "./report.js";
 import {
   BUCKET,
   makeSourceFile,
@@ -48,6 +57,8 @@ import { startVaultStub, type VaultStub } from "./vault-stub.js";
 
 /** The service's default download policy (CARVE_VAULT_POLICY), set explicitly for the children. */
 const DOWNLOAD_POLICY = "osquery-carve-download";
+/** The admin policy (CARVE_VAULT_ADMIN_POLICY): the bench reads the audit trail of its downloads. */
+const ADMIN_POLICY = "osquery-carve-admin";
 
 export interface SlowReader {
   /** curl --limit-rate value, e.g. "16M" (curl's M = 2^20 bytes/s). */
@@ -207,8 +218,7 @@ async function measureDownload(
   const loadavg1 = os.loadavg()[0] ?? 0;
   const sampler = new RssSampler(pid, 100);
   sampler.start();
-  const extra =
-    variant === "slow" && slow ? ["--limit-rate", slow.rate, "--max-time", String(slow.seconds)] : [];
+  const extra = variant === "slow" && slow ? ["--limit-rate", slow.rate, "--max-time", String(slow.seconds)] : [];
   const curl = await runCurl([...ep.headers, ...extra, ep.url], variant === "verify");
   const during = await readMemory(pid);
   const cpu1 = (await readCpuSeconds(pid)) ?? cpu0;
@@ -223,7 +233,8 @@ async function measureDownload(
   const rssBefore = before?.rss ?? 0;
   const peak = Math.max(hwmReset ? (during?.hwm ?? 0) : 0, sampler.maxRss, during?.rss ?? 0);
   const failures: string[] = [];
-  if (!Number.isFinite(status)) failures.push(`curl printed no --write-out JSON (exit ${curl.exitCode}): ${curl.stderr}`);
+  if (!Number.isFinite(status))
+    failures.push(`curl printed no --write-out JSON (exit ${curl.exitCode}): ${curl.stderr}`);
   else if (status !== 200) failures.push(`HTTP ${status}`);
   if (variant === "slow") {
     // Expected: curl gives up at --max-time (exit 28) having received part of the carve.
@@ -274,6 +285,8 @@ async function measureDownload(
     sha256Ok,
     ok: failures.length === 0,
     failures,
+    serviceRecord: null,
+    serviceRecordConsistent: null,
     ratioToBare: null,
   };
 }
@@ -303,6 +316,60 @@ async function checkMetadata(
   return null;
 }
 
+/**
+ * The service's own account of the downloads of one carve: its carve.download audit events (oldest first,
+ * GET /api/v1/audit with the admin policy) and its counters (GET /metrics: carve_downloads_total by result,
+ * carve_download_bytes_total). Parts that do not answer are null.
+ */
+async function serviceAccount(
+  baseUrl: string,
+  token: string,
+  carveId: string,
+): Promise<{ events: ServiceRecord[] | null; metrics: ServiceDownloadMetrics | null } | null> {
+  try {
+    const audit = await fetch(`${baseUrl}/api/v1/audit?carve_id=${carveId}&action=carve.download&limit=100`, {
+      headers: { "X-Vault-Token": token },
+      signal: AbortSignal.timeout(10_000),
+    });
+    const raw = audit.ok
+      ? ((
+          (await audit.json()) as {
+            events?: Array<{ result?: string; detail?: Record<string, unknown> }>;
+          }
+        ).events ?? [])
+      : null;
+    const events =
+      raw === null
+        ? null
+        : raw
+            .map((e): ServiceRecord => ({
+              result: String(e.result),
+              code: typeof e.detail?.code === "string" ? e.detail.code : null,
+              completed: e.detail?.completed === true,
+              aborted: e.detail?.aborted === true,
+              bytesSent: typeof e.detail?.bytesSent === "number" ? e.detail.bytesSent : null,
+            }))
+            .reverse();
+    const res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(10_000) });
+    let metrics: ServiceDownloadMetrics | null = null;
+    if (res.ok) {
+      const text = await res.text();
+      const value = (re: RegExp): number => {
+        const m = re.exec(text);
+        return m?.[1] !== undefined ? Number(m[1]) : 0;
+      };
+      metrics = {
+        complete: value(/^carve_downloads_total\{[^}]*result="complete"[^}]*\}\s+(\S+)$/m),
+        aborted: value(/^carve_downloads_total\{[^}]*result="aborted"[^}]*\}\s+(\S+)$/m),
+        bytesSent: value(/^carve_download_bytes_total(?:\{[^}]*\})?\s+(\S+)$/m),
+      };
+    }
+    return { events, metrics };
+  } catch {
+    return null;
+  }
+}
+
 /** The curl version line, or an error if there is no curl. */
 function curlVersion(): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -324,12 +391,13 @@ export async function runDownloadBench(opts: DownloadBenchOptions): Promise<Down
   // CARVE_MIN_FREE_DISK (1 GiB) left free after each carve.
   const fsStat = await statfs(opts.tmpRoot);
   const free = fsStat.bavail * fsStat.bsize;
-  const sizeOf = (kind: "filesystem" | "gridfs"): number => (kind === "gridfs" ? opts.gridfsCarveBytes : opts.carveBytes);
+  const sizeOf = (kind: "filesystem" | "gridfs"): number =>
+    kind === "gridfs" ? opts.gridfsCarveBytes : opts.carveBytes;
   // The bare server serves the filesystem-sized file when that backend runs, else the GridFS one.
-  const bareBytes = opts.backends.includes("filesystem") || opts.backends.length === 0 ? opts.carveBytes : opts.gridfsCarveBytes;
+  const bareBytes =
+    opts.backends.includes("filesystem") || opts.backends.length === 0 ? opts.carveBytes : opts.gridfsCarveBytes;
   const sizes = [...new Set([...opts.backends.map(sizeOf), ...(opts.includeBare ? [bareBytes] : [])])];
-  const need =
-    sizes.reduce((a, b) => a + b, 0) + opts.backends.reduce((a, k) => a + sizeOf(k), 0) + 2 * 1024 * MiB;
+  const need = sizes.reduce((a, b) => a + b, 0) + opts.backends.reduce((a, k) => a + sizeOf(k), 0) + 2 * 1024 * MiB;
   if (free < need) {
     throw new Error(
       `download benchmark: ${(free / 2 ** 30).toFixed(1)} GiB free in ${opts.tmpRoot}, needs ${(need / 2 ** 30).toFixed(1)} GiB (use --download-size or --skip-downloads)`,
@@ -354,7 +422,7 @@ export async function runDownloadBench(opts: DownloadBenchOptions): Promise<Down
     return src;
   };
 
-  const vault: VaultStub = await startVaultStub({ policies: [DOWNLOAD_POLICY] });
+  const vault: VaultStub = await startVaultStub({ policies: [DOWNLOAD_POLICY, ADMIN_POLICY] });
   const stopVault = (): Promise<void> => vault.stop();
   cleanups.add(stopVault);
   const targetOpts = {
@@ -367,6 +435,7 @@ export async function runDownloadBench(opts: DownloadBenchOptions): Promise<Down
       VAULT_ADDR: vault.address,
       CARVE_VAULT_AUTH_MODE: "policy",
       CARVE_VAULT_POLICY: DOWNLOAD_POLICY,
+      CARVE_VAULT_ADMIN_POLICY: ADMIN_POLICY,
     },
     ...(opts.mongo ? { mongo: opts.mongo } : {}),
   };
@@ -497,6 +566,45 @@ export async function runDownloadBench(opts: DownloadBenchOptions): Promise<Down
           slow.ok = false;
         }
         report(slow, ep);
+      }
+    }
+    // The service's own record of each download (its audit trail, plus its counters), against what curl
+    // saw: a download curl received in full must be recorded as completed.
+    await sleep(500); // the slow reader's audit event is written once the service saw the connection close
+    for (const ep of endpoints) {
+      if (ep.target === "bare") continue;
+      const setup = setups.find((x) => x.target === ep.target);
+      if (!setup) continue;
+      const account = await serviceAccount(ep.child.url, vault.token, setup.carveId);
+      setup.serviceMetrics = account?.metrics ?? null;
+      const mine = runs.filter((r) => r.target === ep.target);
+      const events = account?.events ?? null;
+      setup.auditEvents = events?.length ?? null;
+      if (events === null || events.length !== mine.length) {
+        log(
+          `  ${ep.target}: ${events === null ? "audit trail not read" : `${events.length} audit events for ${mine.length} downloads`}: not matched`,
+        );
+        continue;
+      }
+      mine.forEach((r, i) => {
+        const e = events[i] as ServiceRecord;
+        r.serviceRecord = e;
+        const receivedAll = r.bytesReceived === r.carveBytes && r.curlExit === 0;
+        r.serviceRecordConsistent = receivedAll ? e.completed && e.result === "allowed" : e.result === "allowed";
+      });
+      const wrong = mine.filter((r) => r.serviceRecordConsistent === false);
+      if (wrong.length > 0) {
+        log(
+          `  WARNING ${ep.target}: ${wrong.length} of ${mine.length} downloads that curl received in full are recorded by the service as ` +
+            wrong
+              .map(
+                (r) =>
+                  `${r.serviceRecord?.result ?? "?"} ${r.serviceRecord?.code ?? ""} completed=${String(r.serviceRecord?.completed)}`,
+              )
+              .join(", "),
+        );
+        const errors = ep.child.tail().filter((l) => l.includes('"level":"error"') || l.includes('"level":50'));
+        if (errors.length > 0) log(`  its error log lines (last 2):\n    ${errors.slice(-2).join("\n    ")}`);
       }
     }
   } finally {

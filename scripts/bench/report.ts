@@ -402,6 +402,10 @@ export interface DownloadResult {
   sha256Ok: boolean | null;
   ok: boolean;
   failures: string[];
+  /** The service's audit event for this download (matched in request order), null if not read or bare. */
+  serviceRecord: ServiceRecord | null;
+  /** false when that record contradicts curl: a download curl received in full not recorded as completed. */
+  serviceRecordConsistent: boolean | null;
   /** full runs of the service: MB/s / the bare server's MB/s in the same repetition. */
   ratioToBare: number | null;
 }
@@ -416,6 +420,56 @@ export interface DownloadSetup {
   storage: string;
   /** VmRSS of the fresh download child after the metadata request (before any download). */
   downloadServiceIdleRssBytes: number;
+  /** The download child's counters after all its downloads (GET /metrics), null if not read. */
+  serviceMetrics?: ServiceDownloadMetrics | null;
+  /** How many carve.download audit events the service wrote for this carve (null: not read). */
+  auditEvents?: number | null;
+}
+
+export interface ServiceDownloadMetrics {
+  /** carve_downloads_total{result="complete"|"aborted"}, carve_download_bytes_total */
+  complete: number;
+  aborted: number;
+  bytesSent: number;
+}
+
+/** The service's audit event of one download (GET /api/v1/audit). */
+export interface ServiceRecord {
+  result: string;
+  code: string | null;
+  completed: boolean;
+  aborted: boolean;
+  bytesSent: number | null;
+}
+
+/** One line per backend: how the service recorded the downloads, against what curl received. */
+export function downloadAccounting(setups: DownloadSetup[], runs: DownloadResult[]): string[] {
+  return setups.map((s) => {
+    const mine = runs.filter((r) => r.target === s.target);
+    const m = s.serviceMetrics;
+    const metrics = m
+      ? ` Its counters: carve_downloads_total ${m.complete} complete, ${m.aborted} aborted; carve_download_bytes_total ${f(m.bytesSent / MB)} MB (curl received ${f(mine.reduce((a, r) => a + r.bytesReceived, 0) / MB)} MB).`
+      : "";
+    if (mine.some((r) => r.serviceRecordConsistent === null)) {
+      return `- ${s.target}: the service's audit events (${s.auditEvents ?? "not read"}) could not be matched to the ${mine.length} downloads.${metrics}`;
+    }
+    const wrong = mine.filter((r) => r.serviceRecordConsistent === false);
+    if (wrong.length === 0) {
+      return `- ${s.target}: the service's audit trail records each of the ${mine.length} downloads as curl saw it.${metrics}`;
+    }
+    const how = [
+      ...new Set(
+        wrong.map(
+          (r) =>
+            `result ${r.serviceRecord?.result ?? "?"}${r.serviceRecord?.code ? ` ${r.serviceRecord.code}` : ""}, completed ${String(r.serviceRecord?.completed)}`,
+        ),
+      ),
+    ].join("; ");
+    return (
+      `- ${s.target}: **${wrong.length} of ${mine.length} downloads that curl received in full (bytes and status checked) are recorded by the service as failed** ` +
+      `(audit: ${how}; its log: "responder request failed", ERR_STREAM_PREMATURE_CLOSE).${metrics}`
+    );
+  });
 }
 
 /** A "flat" RSS while downloading: the peak stays within this of the child's idle RSS, for any carve size. */
@@ -455,13 +509,21 @@ export function downloadTable(runs: DownloadResult[], slow: { rate: string; seco
         : r.variant === "slow" && slow
           ? `slow reader (--limit-rate ${slow.rate}, --max-time ${slow.seconds})`
           : VARIANT_LABEL[r.variant];
-    const check = !r.ok
+    const curlCheck = !r.ok
       ? `**FAILED**: ${r.failures.join("; ")}`
       : r.variant === "verify"
         ? "bytes + sha256 ok"
         : r.variant === "slow"
           ? `cut by --max-time, service alive, fds ${r.fdsBefore ?? "?"} -> ${r.fdsAfter ?? "?"}`
           : "bytes ok";
+    const rec = r.serviceRecord;
+    const serviceCheck =
+      r.serviceRecordConsistent === false && rec
+        ? `; **service audit: ${rec.result}${rec.code ? ` ${rec.code}` : ""}, completed ${String(rec.completed)}**`
+        : rec
+          ? `; audit: ${rec.completed ? "completed" : rec.aborted ? "aborted" : "not completed"}`
+          : "";
+    const check = curlCheck + serviceCheck;
     lines.push(
       `| ${[
         r.target,
@@ -471,7 +533,11 @@ export function downloadTable(runs: DownloadResult[], slow: { rate: string; seco
         `${r.httpStatus ?? "-"} / ${r.curlExit}`,
         f(r.curlTimeTotalS, 2),
         f(r.throughputMBps),
-        r.target === "bare" && r.variant === "full" ? "1 (ref)" : r.ratioToBare === null ? "-" : r.ratioToBare.toFixed(2),
+        r.target === "bare" && r.variant === "full"
+          ? "1 (ref)"
+          : r.ratioToBare === null
+            ? "-"
+            : r.ratioToBare.toFixed(2),
         f(r.rssIdleBytes / MB),
         f(r.rssBeforeBytes / MB),
         f(r.rssPeakBytes / MB),
@@ -489,7 +555,15 @@ export function downloadTable(runs: DownloadResult[], slow: { rate: string; seco
 
 /** Per target: median MB/s and ratio of the full-speed runs, largest RSS growth over every run. */
 export function downloadSummary(runs: DownloadResult[]): string {
-  const head = ["target", "carve", "full-speed runs", "MB/s (median; each)", "vs bare (median)", "RSS peak - idle MB (max, any run)", "all checks"];
+  const head = [
+    "target",
+    "carve",
+    "full-speed runs",
+    "MB/s (median; each)",
+    "vs bare (median)",
+    "RSS peak - idle MB (max, any run)",
+    "all checks",
+  ];
   const lines = [`| ${head.join(" | ")} |`, `|${head.map(() => " --- ").join("|")}|`];
   for (const target of [...new Set(runs.map((r) => r.target))]) {
     const mine = runs.filter((r) => r.target === target);

@@ -56,6 +56,7 @@ import { formatProfileSummary, summarizeProfileFile, type ProfileSummary } from 
 import { readCpuSeconds, readMemory, ROOT, RssSampler } from "./proc.js";
 import {
   computeRatios,
+  downloadAccounting,
   downloadSummary,
   downloadTable,
   evaluateDownloadGoals,
@@ -150,7 +151,8 @@ function parseSize(s: string): number {
 function parseSlowReader(s: string): SlowReader | null {
   if (s === "off") return null;
   const m = /^(\d+[kKmMgG]?):(\d+)$/.exec(s.trim());
-  if (!m?.[1] || !m[2] || Number(m[2]) < 1) throw new Error(`--slow-reader expects RATE:SECONDS (e.g. 16M:8) or off, not ${s}`);
+  if (!m?.[1] || !m[2] || Number(m[2]) < 1)
+    throw new Error(`--slow-reader expects RATE:SECONDS (e.g. 16M:8) or off, not ${s}`);
   return { rate: m[1], seconds: Number(m[2]) };
 }
 
@@ -375,7 +377,8 @@ async function main(): Promise<number> {
   const matrix = (values.quick ? QUICK : FULL).filter(
     (c) => (!agentFilter || agentFilter.includes(c.agents)) && (!sizeFilter || sizeFilter.includes(c.blockSize)),
   );
-  if (values["only-downloads"] && values["skip-downloads"]) throw new Error("--only-downloads and --skip-downloads exclude each other");
+  if (values["only-downloads"] && values["skip-downloads"])
+    throw new Error("--only-downloads and --skip-downloads exclude each other");
   const runUploads = !values["only-downloads"];
   const runDownloads = !values["skip-downloads"];
   if (runUploads && matrix.length === 0) throw new Error("no case left after --agents / --block-sizes");
@@ -488,7 +491,9 @@ async function main(): Promise<number> {
   if (runDownloads) {
     log(
       `downloads: ${fmtSize(downloadBytes)} carve${backends.includes("gridfs") ? ` (GridFS ${fmtSize(gridfsDownloadBytes)})` : ""}, targets ${kinds.join(", ")}; ${repeat} timed run(s) each, one verified, ` +
-        (slowReader ? `one slow reader (--limit-rate ${slowReader.rate}, --max-time ${slowReader.seconds})` : "no slow reader"),
+        (slowReader
+          ? `one slow reader (--limit-rate ${slowReader.rate}, --max-time ${slowReader.seconds})`
+          : "no slow reader"),
     );
     downloads = await runDownloadBench({
       backends: backends.filter((b): b is "filesystem" | "gridfs" => b !== "bare"),
@@ -552,7 +557,14 @@ async function main(): Promise<number> {
   const uploadMd = runUploads
     ? [
         ...(repeat > 1
-          ? [`## Summary (${repeat} interleaved runs per case)`, "", summaryTable(groupCases(rows)), "", "## Every run", ""]
+          ? [
+              `## Summary (${repeat} interleaved runs per case)`,
+              "",
+              summaryTable(groupCases(rows)),
+              "",
+              "## Every run",
+              "",
+            ]
           : []),
         markdownTable(rows),
         "",
@@ -566,6 +578,7 @@ async function main(): Promise<number> {
           (s) =>
             `- ${s.target}: ${fmtSize(s.carveBytes)} carve ${s.carveId} uploaded by the agent emulator (1 MiB blocks) at ${s.uploadMBps.toFixed(1)} MB/s in ${(s.uploadWallMs / 1000).toFixed(1)} s; served by a fresh child (idle RSS ${(s.downloadServiceIdleRssBytes / MB).toFixed(1)} MB after the metadata request).`,
         ),
+        ...downloadAccounting(downloads.setups, downloads.runs),
         `- Vault stand-in (scripts/bench/vault-stub.ts): ${downloads.vaultLookups.allowed} lookup-self answered for the whole download run (decisions are cached 30 s), ${downloads.vaultLookups.refused} refused.`,
         "",
         downloadSummary(downloads.runs),
