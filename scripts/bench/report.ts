@@ -488,6 +488,7 @@ export function downloadTable(runs: DownloadResult[], slow: { rate: string; seco
     "carve",
     "received",
     "HTTP / curl exit",
+    "TTFB s",
     "curl s",
     "MB/s",
     "vs bare",
@@ -531,6 +532,7 @@ export function downloadTable(runs: DownloadResult[], slow: { rate: string; seco
         fmtSize(r.carveBytes),
         r.bytesReceived === r.carveBytes ? `${f(r.bytesReceived / MB)} MB (all)` : `${f(r.bytesReceived / MB)} MB`,
         `${r.httpStatus ?? "-"} / ${r.curlExit}`,
+        f(r.curlTimeStartTransferS, 3),
         f(r.curlTimeTotalS, 2),
         f(r.throughputMBps),
         r.target === "bare" && r.variant === "full"

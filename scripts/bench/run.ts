@@ -527,12 +527,16 @@ async function main(): Promise<number> {
       : `node ${path.relative(ROOT, process.argv[1] ?? "dist/scripts/bench/run.js")}${args ? ` ${args}` : ""}`;
   const notes = [
     ...(kinds.includes("gridfs") ? [MONGO_NOTE] : []),
-    "Driver (simulated agents), server and (GridFS) database share the 2 cores: svc/drv/db CPU = CPU seconds / wall seconds of each (100% = one core).",
+    ...(runUploads
+      ? [
+          "Driver (simulated agents), server and (GridFS) database share the 2 cores: svc/drv/db CPU = CPU seconds / wall seconds of each (100% = one core).",
+        ]
+      : []),
     `Service source: commit ${source.commit?.slice(0, 12) ?? "?"}${source.uncommitted.length > 0 ? ` plus ${source.uncommitted.length} uncommitted paths in src/, conf/, package*.json (listed in the JSON)` : ""}.`,
-    "MB = 10^6 bytes. Wall clock: first start request sent to last block reply received. 'load': the machine's 1-minute load average when the case started (other work on this shared machine shows there).",
+    `MB = 10^6 bytes.${runUploads ? " Wall clock: first start request sent to last block reply received." : ""} 'load': the machine's 1-minute load average when the case started (other work on this shared machine shows there).`,
     ...(downloads
       ? [
-          `Downloads: ${downloads.carveBytes} bytes (${fmtSize(downloads.carveBytes)})${downloads.gridfsCarveBytes !== null && downloads.gridfsCarveBytes !== downloads.carveBytes ? `, on GridFS ${downloads.gridfsCarveBytes} bytes (${fmtSize(downloads.gridfsCarveBytes)})` : ""} of random data, ${downloads.curlVersion.split(" ").slice(0, 2).join(" ")} on the same 2 cores; MB/s = bytes received / curl's time_total (request sent to last byte, Vault check included). RSS of the serving child: idle = VmRSS before its first download (fresh child, one metadata request served), before = when curl starts, peak = VmHWM since a clear_refs reset plus 100 ms samples, after = when curl exits and 1 s later; flat means peak - idle < 64 MB in every run.`,
+          `Downloads: ${downloads.carveBytes} bytes (${fmtSize(downloads.carveBytes)})${downloads.gridfsCarveBytes !== null && downloads.gridfsCarveBytes !== downloads.carveBytes ? `, on GridFS ${downloads.gridfsCarveBytes} bytes (${fmtSize(downloads.gridfsCarveBytes)})` : ""} of random data, ${downloads.curlVersion.split(" ").slice(0, 2).join(" ")} on the same 2 cores; MB/s = bytes received / curl's time_total (request sent to last byte, Vault check included); TTFB = curl's time_starttransfer; svc CPU = the serving child's CPU seconds / curl's wall seconds (100% = one core). RSS of the serving child: idle = VmRSS before its first download (fresh child, one metadata request served), before = when curl starts, peak = VmHWM since a clear_refs reset plus 100 ms samples, after = when curl exits and 1 s later; flat means peak - idle < 64 MB in every run.`,
           ...(downloads.gridfsCarveBytes !== null
             ? [
                 "GridFS downloads: the MongoDB driver reads a GridFS file with one find over its chunks and no batch size; MongoDB caps each batch at 16 MiB, but mongo-java-server answers with every chunk in one batch, so the service holds the whole carve before the first byte goes out (RSS grows with the carve size) and a 1 GiB carve makes that server fail. Hence the smaller GridFS carve and an informational goal.",
