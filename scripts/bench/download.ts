@@ -20,7 +20,9 @@
  * time and open file descriptors. Growth is measured from the child's idle RSS (before its first download),
  * so memory an earlier download kept cannot hide a later one's.
  *
- * Authorization goes through scripts/bench/vault-stub.ts (policy mode, one token with osquery-carve-download).
+ * Authorization goes through scripts/bench/vault-stub.ts (policy mode, one token with osquery-carve-download
+ * and osquery-carve-admin: after the downloads the bench reads the carve's audit trail and the service's
+ * download counters, and checks that every download curl received in full is recorded as completed).
  */
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -74,7 +76,7 @@ export interface DownloadBenchOptions {
   /**
    * Carve size on GridFS. mongo-java-server (the only MongoDB-wire server here) answers a find with every
    * matching document in one batch, ignoring MongoDB's 16 MiB batch limit: the service then holds the whole
-   * carve (twice) before its first byte goes out, and at 1 GiB the server fails to build the reply. So GridFS
+   * carve (RSS about twice its size) before its first byte goes out, and at 1 GiB the server fails to build the reply. So GridFS
    * runs a smaller carve by default; see the GridFS note in the report.
    */
   gridfsCarveBytes: number;
