@@ -73,12 +73,7 @@ export interface DownloadBenchOptions {
   backends: Array<"filesystem" | "gridfs">;
   includeBare: boolean;
   carveBytes: number;
-  /**
-   * Carve size on GridFS. mongo-java-server (the only MongoDB-wire server here) answers a find with every
-   * matching document in one batch, ignoring MongoDB's 16 MiB batch limit: the service then holds the whole
-   * carve (RSS about twice its size) before its first byte goes out, and at 1 GiB the server fails to build the reply. So GridFS
-   * runs a smaller carve by default; see the GridFS note in the report.
-   */
+  /** Carve size on GridFS (the upload through mongo-java-server is the slow part of this benchmark). */
   gridfsCarveBytes: number;
   repeat: number;
   slowReader: SlowReader | null;

@@ -5,7 +5,7 @@
  *   npm run bench -- [--backend filesystem|gridfs|all] [--quick] [--out bench/results]
  *                    [--agents 1,10,50] [--block-sizes 8KiB,1MiB] [--repeat N] [--skip-bare]
  *                    [--log-level warn] [--node-args="..."] [--service-env K=V] [--cpu-prof [--cpu-prof-dir DIR]]
- *                    [--only-downloads | --skip-downloads] [--download-size 1GiB] [--gridfs-download-size 256MiB]
+ *                    [--only-downloads | --skip-downloads] [--download-size 1GiB] [--gridfs-download-size SIZE]
  *                    [--slow-reader 16M:8|off]
  *                    [--service-dist DIR] [--no-write]
  *
@@ -35,10 +35,8 @@
  * time_total), ratio to bare, and the child's RSS idle (before its first download), before, peak during
  * (VmHWM reset by clear_refs, plus 100 ms samples), right after and 1 s after each download; the goal is a
  * flat RSS: peak - idle < 64 MB in every run.
- * GridFS downloads use a smaller carve (--gridfs-download-size, default 256 MiB or --download-size if
- * smaller): mongo-java-server answers the driver's chunk query in one batch (all chunks at once, ignoring
- * MongoDB's 16 MiB batch limit), so the service holds the whole carve before its first byte, and a 1 GiB
- * reply fails inside that server. Its download goal is informational.
+ * --gridfs-download-size (default: --download-size) sets another carve size for GridFS (uploading it through
+ * mongo-java-server is the slow part).
  *
  * Writes <out>/<ISO timestamp, ':' as '-'>.json and <out>/latest.md (<out>/latest-downloads.md with
  * --only-downloads, so a download-only run does not replace the last upload results); exit code 1 if any
@@ -134,8 +132,7 @@ const USAGE = `npm run bench -- [options]
                                     latest-downloads.md instead of latest.md
   --skip-downloads                  run only the upload matrix
   --download-size SIZE              carve size of the download benchmark (default 1GiB, --quick 64MiB)
-  --gridfs-download-size SIZE       carve size on GridFS (default 256MiB, at most --download-size): the
-                                    substitute MongoDB server returns all chunks in one batch
+  --gridfs-download-size SIZE       carve size on GridFS (default: --download-size)
   --slow-reader RATE:SECONDS|off    slow-reader download: curl --limit-rate RATE --max-time SECONDS
                                     (default 16M:8, --quick 8M:2)
 `;
@@ -385,9 +382,7 @@ async function main(): Promise<number> {
   const downloadBytes = parseSize(values["download-size"] ?? (values.quick ? "64MiB" : "1GiB"));
   if (downloadBytes < 1) throw new Error("--download-size must be at least 1 byte");
   const gridfsDownloadBytes =
-    values["gridfs-download-size"] !== undefined
-      ? parseSize(values["gridfs-download-size"])
-      : Math.min(downloadBytes, 256 * MiB);
+    values["gridfs-download-size"] !== undefined ? parseSize(values["gridfs-download-size"]) : downloadBytes;
   if (gridfsDownloadBytes < 1) throw new Error("--gridfs-download-size must be at least 1 byte");
   const slowReader = parseSlowReader(values["slow-reader"] ?? (values.quick ? "8M:2" : "16M:8"));
   const serviceEnv: Record<string, string> = {};
@@ -537,11 +532,6 @@ async function main(): Promise<number> {
     ...(downloads
       ? [
           `Downloads: ${downloads.carveBytes} bytes (${fmtSize(downloads.carveBytes)})${downloads.gridfsCarveBytes !== null && downloads.gridfsCarveBytes !== downloads.carveBytes ? `, on GridFS ${downloads.gridfsCarveBytes} bytes (${fmtSize(downloads.gridfsCarveBytes)})` : ""} of random data, ${downloads.curlVersion.split(" ").slice(0, 2).join(" ")} on the same 2 cores; MB/s = bytes received / curl's time_total (request sent to last byte, Vault check included); TTFB = curl's time_starttransfer; svc CPU = the serving child's CPU seconds / curl's wall seconds (100% = one core). RSS of the serving child: idle = VmRSS before its first download (fresh child, one metadata request served), before = when curl starts, peak = VmHWM since a clear_refs reset plus 100 ms samples, after = when curl exits and 1 s later; flat means peak - idle < 64 MB in every run.`,
-          ...(downloads.gridfsCarveBytes !== null
-            ? [
-                "GridFS downloads: the MongoDB driver reads a GridFS file with one find over its chunks and no batch size; MongoDB caps each batch at 16 MiB, but mongo-java-server answers with every chunk in one batch, so the service holds the whole carve before the first byte goes out (RSS grows with the carve size) and a 1 GiB carve makes that server fail. Hence the smaller GridFS carve and an informational goal.",
-              ]
-            : []),
         ]
       : []),
     ...(profileRoot !== null ? ["Children ran with node --cpu-prof: sampling overhead lowers their figures."] : []),
