@@ -9,7 +9,7 @@ import { RetentionJob } from "./jobs/retention.js";
 import { retentionOptionsOf } from "./jobs/retention-config.js";
 import type { Config } from "./config/schema.js";
 import { safeErrorFields } from "./errors.js";
-import { createApp } from "./http/app.js";
+import { createRequestHandler } from "./http/app.js";
 import { createTlsServer, reloadTls, type TlsFiles } from "./http/tls.js";
 import type { Logger } from "./logger.js";
 import type { CarveStore } from "./storage/carve-store.js";
@@ -121,7 +121,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
   const separateResponder = config.server.responder.port !== undefined;
   const metrics = new Metrics();
   const appFor = (surfaces: { agent: boolean; responder: boolean }) =>
-    createApp({
+    createRequestHandler({
       config,
       logger,
       store,

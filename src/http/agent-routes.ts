@@ -4,12 +4,12 @@ import { AppError, safeErrorFields } from "../errors.js";
 import type { CarveService } from "../carves/carve-service.js";
 import type { Logger } from "../logger.js";
 import { refuseNonJson, refuseStart, replyBlockAccepted, replyStartAccepted } from "./agent-reply.js";
-import { blockBodySchema, describeIssues, startBodySchema } from "./agent-schemas.js";
+import { blockBodySchema, describeIssues, startBodySchema, type BlockBody } from "./agent-schemas.js";
 import { fastBlockBody, readBody } from "./body.js";
 import { resolveClient } from "./client-identity.js";
 import { ByteBudget } from "../util/byte-budget.js";
 import { BufferPool } from "../util/buffer-pool.js";
-import { expectedBlockLength } from "../carves/geometry.js";
+import { expectedBlockLength, SAFE_ID } from "../carves/geometry.js";
 import type { Metrics } from "../metrics.js";
 import { PUBLIC_FIRST_SEGMENTS, registerAgentPaths, requestIdOf } from "./logging.js";
 
@@ -63,6 +63,21 @@ function nodeKeyFromHeader(req: IncomingMessage): string | undefined {
   if (typeof auth !== "string") return undefined;
   const m = /^NodeKey\s+(\S+)$/i.exec(auth.trim());
   return m?.[1];
+}
+
+/**
+ * The block body when it is plainly valid (every agent block), checked by hand: the same rules as
+ * blockBodySchema, without zod's machinery (~3% of the 8 KiB block path). Anything else returns null and is
+ * parsed by the schema, for its exact error.
+ */
+export function plainBlockBody(body: unknown): BlockBody | null {
+  if (typeof body !== "object" || body === null) return null;
+  const { block_id: blockId, session_id: sessionId, request_id: requestId, data } = body as Record<string, unknown>;
+  if (typeof blockId !== "number" || !Number.isSafeInteger(blockId) || blockId < 0) return null;
+  if (typeof sessionId !== "string" || sessionId.length > 128 || !SAFE_ID.test(sessionId)) return null;
+  if (typeof requestId !== "string" || requestId.length > 256) return null;
+  if (typeof data !== "string" && !Buffer.isBuffer(data)) return null;
+  return { block_id: blockId, session_id: sessionId, request_id: requestId, data };
 }
 
 /** Which request a body is, for agents whose endpoint flags are empty and post both to `/`. */
@@ -161,12 +176,15 @@ export function agentEndpoints(
 
   /** Resolves false when the body's bytes must not be reused (the store failed: keep nothing to chance). */
   const handleBlock = async (body: unknown, req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<boolean> => {
-    const parsed = blockBodySchema.safeParse(body);
-    if (!parsed.success) {
-      logRefusal(ctx, "block", refuseNonJson(res, new AppError("INVALID_BLOCK", describeIssues(parsed.error))));
-      return true;
+    let b = plainBlockBody(body);
+    if (b === null) {
+      const parsed = blockBodySchema.safeParse(body);
+      if (!parsed.success) {
+        logRefusal(ctx, "block", refuseNonJson(res, new AppError("INVALID_BLOCK", describeIssues(parsed.error))));
+        return true;
+      }
+      b = parsed.data;
     }
-    const b = parsed.data;
     try {
       const outcome = await deps.carves.block({
         blockId: b.block_id,

@@ -35,15 +35,53 @@ export async function readBody(req: IncomingMessage, limit: number, pool?: Buffe
   const fixed = length === undefined ? null : backing ? backing.subarray(0, length) : Buffer.allocUnsafe(length);
   let received = 0;
   try {
-    for await (const chunk of req as AsyncIterable<Buffer>) {
-      if (received + chunk.length > (fixed ? fixed.length : limit)) {
-        req.resume();
-        throw new AppError("BODY_TOO_LARGE");
+    // Plain listeners rather than `for await`: the async iterator's promises and bookkeeping were ~3% of
+    // the 8 KiB block path.
+    await new Promise<void>((resolve, reject) => {
+      const cleanup = (): void => {
+        req.off("data", onData);
+        req.off("end", onEnd);
+        req.off("error", onError);
+        req.off("close", onClose);
+      };
+      const onData = (chunk: Buffer): void => {
+        if (received + chunk.length > (fixed ? fixed.length : limit)) {
+          cleanup();
+          req.resume(); // drain the rest (bounded by the server's request timeout) so the reply can be read
+          reject(new AppError("BODY_TOO_LARGE"));
+          return;
+        }
+        if (fixed) chunk.copy(fixed, received);
+        else chunks.push(chunk);
+        received += chunk.length;
+      };
+      const onEnd = (): void => {
+        cleanup();
+        resolve();
+      };
+      const onError = (err: Error): void => {
+        cleanup();
+        reject(err);
+      };
+      const onClose = (): void => {
+        // closed before 'end': the client went away mid-body
+        cleanup();
+        reject(new Error("request closed before its body ended"));
+      };
+      // Already over before we listen (the request waited for the in-flight budget meanwhile).
+      if (req.readableEnded) {
+        resolve();
+        return;
       }
-      if (fixed) chunk.copy(fixed, received);
-      else chunks.push(chunk);
-      received += chunk.length;
-    }
+      if (req.destroyed) {
+        reject(new Error("request closed before its body was read"));
+        return;
+      }
+      req.on("data", onData);
+      req.on("end", onEnd);
+      req.on("error", onError);
+      req.on("close", onClose);
+    });
   } catch (err) {
     if (backing) pool?.release(backing); // nothing kept a reference: the body was only being copied in
     if (err instanceof AppError) throw err;

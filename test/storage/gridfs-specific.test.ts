@@ -131,7 +131,7 @@ describe("GridFS specifics", () => {
     await client.db(database).collection("carves.chunks").deleteOne({ _id: "gfsstream1/35" as never });
     let failure: unknown;
     try {
-      for (let r = await iterator.next(); !r.done; r = await iterator.next()) received.push(r.value as Buffer);
+      for (let r = await iterator.next(); !r.done; r = await iterator.next()) received.push(r.value);
     } catch (err) {
       failure = err;
     }
