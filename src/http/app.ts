@@ -45,7 +45,11 @@ export function createRequestHandler(deps: AppDeps): RequestHandler {
   const app = createApp(deps);
   const fast = fastBlocksOf.get(app);
   if (!fast) return app;
-  return (req, res) => fast(req, res, () => app(req, res));
+  return (req, res) => {
+    fast(req, res, () => {
+      app(req, res);
+    });
+  };
 }
 
 const fastBlocksOf = new WeakMap<Express, AgentEndpoints["fastBlocks"]>();
