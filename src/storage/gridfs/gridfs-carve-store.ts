@@ -117,6 +117,15 @@ interface ChunkDoc {
   data: Binary;
 }
 
+/** Bytes [start, end] of a file, in chunks firstN..lastN read perBatch at a time. */
+interface ReadPlan {
+  start: number;
+  end: number;
+  firstN: number;
+  lastN: number;
+  perBatch: number;
+}
+
 interface FileDoc {
   _id: string;
   length: number;
@@ -624,43 +633,61 @@ export class GridFsCarveStore implements CarveStore {
       throw wrap(err, `read the files document of ${carveId}`);
     }
     if (!file) throw new AppError("STORAGE_UNAVAILABLE", `the GridFS file of ${carveId} is missing`);
-    const stream = Readable.from(this.readChunks(file, range), { objectMode: false, highWaterMark: 64 * 1024 });
+    const plan = GridFsCarveStore.readPlan(file, range);
+    // The first batch is read now: a storage failure is then a clean error before any header is sent,
+    // not a connection cut after a 200.
+    const first = plan ? await this.fetchChunks(file._id, plan.firstN, Math.min(plan.firstN + plan.perBatch - 1, plan.lastN)) : null;
+    if (plan && !first?.has(plan.firstN)) {
+      throw new AppError("STORAGE_UNAVAILABLE", `chunk ${plan.firstN} of ${carveId}'s GridFS file is missing`);
+    }
+    const chunks = plan && first ? this.readChunks(file, plan, first) : ([] as Buffer[]);
+    const stream = Readable.from(chunks, { objectMode: false, highWaterMark: 64 * 1024 });
     return { record: GridFsCarveStore.recordOf(doc), stream };
   }
 
-  /**
-   * The bytes of a GridFS file (or of `range`, inclusive), read by _id in batches of about READ_BATCH_BYTES,
-   * the next batch fetched while the current one is sent. The driver's own download stream runs one find over
-   * every chunk and leaves batch sizes to the server: MongoDB caps a batch at 16 MiB, but a server that
-   * answers with every chunk at once (mongo-java-server does) made the service hold the whole carve, ~560 MB
-   * of RSS for a 256 MiB carve. Here memory is two batches whatever the server does. Every chunk is checked
-   * (present, right size) before its bytes go out.
-   */
-  private async *readChunks(file: FileDoc, range?: ByteRange): AsyncGenerator<Buffer> {
-    const { chunkSize, length } = file;
-    if (length === 0) return;
+  /** Which chunks hold a file's bytes (or `range`, inclusive), in batches of about READ_BATCH_BYTES; null if none. */
+  private static readPlan(file: FileDoc, range?: ByteRange): ReadPlan | null {
+    if (file.length === 0) return null;
     const start = range?.start ?? 0;
-    const end = range?.end ?? length - 1; // inclusive
-    const totalChunks = Math.ceil(length / chunkSize);
-    const firstN = Math.floor(start / chunkSize);
-    const lastN = Math.floor(end / chunkSize);
-    const perBatch = Math.max(1, Math.floor(READ_BATCH_BYTES / chunkSize));
-    const fetchBatch = async (from: number): Promise<Map<number, ChunkDoc>> => {
-      const ids: string[] = [];
-      for (let n = from; n <= Math.min(from + perBatch - 1, lastN); n++) ids.push(GridFsCarveStore.chunkId(file._id, n));
-      try {
-        const docs = await this.chunks.find({ _id: { $in: ids } }).toArray();
-        return new Map(docs.map((d) => [d.n, d]));
-      } catch (err) {
-        throw wrap(err, `read chunks of ${file._id}`);
-      }
+    const end = range?.end ?? file.length - 1;
+    return {
+      start,
+      end,
+      firstN: Math.floor(start / file.chunkSize),
+      lastN: Math.floor(end / file.chunkSize),
+      perBatch: Math.max(1, Math.floor(READ_BATCH_BYTES / file.chunkSize)),
     };
-    let next: Promise<Map<number, ChunkDoc>> | null = fetchBatch(firstN);
+  }
+
+  private async fetchChunks(fileId: string, from: number, to: number): Promise<Map<number, ChunkDoc>> {
+    const ids: string[] = [];
+    for (let n = from; n <= to; n++) ids.push(GridFsCarveStore.chunkId(fileId, n));
+    try {
+      const docs = await this.chunks.find({ _id: { $in: ids } }).toArray();
+      return new Map(docs.map((d) => [d.n, d]));
+    } catch (err) {
+      throw wrap(err, `read chunks of ${fileId}`);
+    }
+  }
+
+  /**
+   * The bytes of a GridFS file along `plan`, batch by batch, the next batch fetched while the current one is
+   * sent. The driver's own download stream runs one find over every chunk and leaves batch sizes to the
+   * server: MongoDB caps a batch at 16 MiB, but a server that answers with every chunk at once
+   * (mongo-java-server does) made the service hold the whole carve, ~560 MB of RSS for a 256 MiB carve. Here
+   * memory is two batches whatever the server does. Every chunk is checked (present, right size) before its
+   * bytes go out.
+   */
+  private async *readChunks(file: FileDoc, plan: ReadPlan, firstBatch: Map<number, ChunkDoc>): AsyncGenerator<Buffer> {
+    const { chunkSize, length } = file;
+    const { start, end, firstN, lastN, perBatch } = plan;
+    const totalChunks = Math.ceil(length / chunkSize);
+    let next: Promise<Map<number, ChunkDoc>> | null = Promise.resolve(firstBatch);
     try {
       for (let from = firstN; from <= lastN; from += perBatch) {
         const batch: Map<number, ChunkDoc> = await next!;
         const following = from + perBatch;
-        next = following <= lastN ? fetchBatch(following) : null;
+        next = following <= lastN ? this.fetchChunks(file._id, following, Math.min(following + perBatch - 1, lastN)) : null;
         // A rejected prefetch is awaited (and thrown) on the next turn; never left unhandled meanwhile.
         next?.catch(() => undefined);
         for (let n = from; n <= Math.min(following - 1, lastN); n++) {
