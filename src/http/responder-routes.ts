@@ -1,5 +1,6 @@
 import type { IncomingMessage } from "node:http";
 import { pipeline } from "node:stream/promises";
+import { sendRange } from "./send-archive.js";
 import express, { type Request, type RequestHandler, type Response, type Router } from "express";
 import type { AuthQuestion, Authorizer } from "../auth/authorizer.js";
 import { tokenFromHeaders } from "../auth/token.js";
@@ -272,7 +273,9 @@ export function responderRouter(deps: ResponderDeps): Router {
     };
     try {
       if (decompress) await pipeline(handle.stream, zstdDecompress, count, res);
-      else await pipeline(handle.stream, count, res);
+      else if (handle.readAt) {
+        await sendRange(res, handle.readAt, range?.start ?? 0, range ? range.end : size - 1, (n) => (sent += n));
+      } else await pipeline(handle.stream, count, res);
     } catch (err) {
       ctx.detail.bytesSent = sent;
       const prematureClose = (err as { code?: unknown }).code === "ERR_STREAM_PREMATURE_CLOSE";

@@ -195,7 +195,14 @@ export interface ByteRange {
 
 export interface ArchiveHandle {
   record: CarveRecord;
+  /** The archive's bytes (or the range's). Destroy it when done, read or not: it owns the open file. */
   stream: Readable;
+  /**
+   * Positional reads of the same bytes, when the store can do them (filesystem): a reader that reuses its
+   * buffers makes no garbage per chunk, unlike the stream. `position` is absolute in the archive. Valid
+   * until `stream` is destroyed; do not read the stream as well.
+   */
+  readAt?: (buffer: Buffer, length: number, position: number) => Promise<number>;
 }
 
 export interface StoreHealth {

@@ -828,7 +828,9 @@ export class FilesystemCarveStore implements CarveStore {
         ...(range ? { start: range.start, end: range.end } : {}),
         highWaterMark: 256 * 1024,
       });
-      return { record, stream };
+      const readAt = async (buffer: Buffer, length: number, position: number): Promise<number> =>
+        (await fd.read(buffer, 0, length, position)).bytesRead;
+      return { record, stream, readAt };
     } catch (err) {
       if (errno(err) === "ENOENT") throw new AppError("CARVE_NOT_FOUND");
       throw wrapIo(err, `open archive of ${carveId}`);
