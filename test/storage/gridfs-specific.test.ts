@@ -12,7 +12,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { GridFSBucket, MongoClient } from "mongodb";
 import { pino } from "pino";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it, vi } from "vitest";
 import { AppError } from "../../src/errors.js";
 import { GridFsCarveStore, MAX_GRIDFS_BLOCKS, chunksPerBlock } from "../../src/storage/gridfs/gridfs-carve-store.js";
 import { makeCarve, readAll, sha256, shuffled } from "../support/carve-data.js";
@@ -112,6 +112,34 @@ describe("GridFS specifics", () => {
     const [file] = await bucket.find({ filename: `${carve.spec.carveId}.tar` }).toArray();
     expect(file?.chunkSize).toBe(6 * 1024 * 1024);
     expect(sha256(await readAll(bucket.openDownloadStreamByName(`${carve.spec.carveId}.tar`)))).toBe(sha256(carve.bytes));
+  });
+
+  it("completes a carve received in order without reading it back, and reads it back when it was not", async () => {
+    const chunk = 256 * 1024;
+    const inOrder = makeCarve({ size: 20 * chunk + 11, blockSize: chunk });
+    const shuffledCarve = makeCarve({ size: 20 * chunk + 11, blockSize: chunk });
+    const store = await open();
+    const chunks = (store as unknown as { chunks: { find: (...a: unknown[]) => unknown } }).chunks;
+    const finds = vi.spyOn(chunks, "find");
+    // Reading a carve back is a find by a list of chunk ids (findOne of a re-sent block is a find too).
+    const readBacks = (): number => finds.mock.calls.filter(([filter]) => JSON.stringify(filter).includes('"$in"')).length;
+    try {
+      const a = await store.createSession(inOrder.spec, "gfsrun1");
+      for (const [i, b] of inOrder.blocks.entries()) {
+        await store.putBlock(a.session, i, b);
+        if (i === 3) await store.putBlock(a.session, 3, b); // a re-sent block is not hashed twice
+      }
+      expect((await store.getCarve(inOrder.spec.carveId)).sha256).toBe(sha256(inOrder.bytes));
+      expect(readBacks()).toBe(0);
+
+      const b = await store.createSession(shuffledCarve.spec, "gfsrun2");
+      const order = [1, 0, ...[...shuffledCarve.blocks.keys()].slice(2)];
+      for (const i of order) await store.putBlock(b.session, i, shuffledCarve.blocks[i]!);
+      expect((await store.getCarve(shuffledCarve.spec.carveId)).sha256).toBe(sha256(shuffledCarve.bytes));
+      expect(readBacks()).toBeGreaterThan(0); // block 1 came before block 0: read back
+    } finally {
+      finds.mockRestore();
+    }
   });
 
   it("streams a download in batches read as they are needed, checking every chunk", async () => {

@@ -1,4 +1,4 @@
-import { createHash, randomUUID } from "node:crypto";
+import { createHash, randomUUID, type Hash } from "node:crypto";
 import { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Binary, MongoClient, type Collection, type Db, type Filter } from "mongodb";
@@ -117,6 +117,15 @@ interface ChunkDoc {
   data: Binary;
 }
 
+/** See GridFsCarveStore.runningHashes. */
+interface RunningHash {
+  hash: Hash;
+  /** The next block to feed. */
+  next: number;
+  /** The first 4 bytes of block 0 (compression detection). */
+  head: Buffer | null;
+}
+
 /** Bytes [start, end] of a file, in chunks firstN..lastN read perBatch at a time. */
 interface ReadPlan {
   start: number;
@@ -186,6 +195,13 @@ export class GridFsCarveStore implements CarveStore {
   private readonly logger: Logger;
   /** Immutable session facts only; status always comes from the database. */
   private readonly sessionCache = new LruMap<string, Session>(10_000);
+  /**
+   * SHA-256 of each carve's blocks 0..next-1, fed as this process stores them in order (one agent sends its
+   * blocks in order; with one replica, every block comes here). A completion this process makes uses it when
+   * it covers every block, instead of reading the whole carve back from MongoDB; otherwise (blocks spread
+   * over replicas, out of order, or forgotten under pressure) it reads the chunks back as before.
+   */
+  private readonly runningHashes = new LruMap<string, RunningHash>(1_000);
   private readonly finalizeSlots = new ByteBudget(CONCURRENT_FINALIZE);
   private closed = false;
 
@@ -382,6 +398,8 @@ export class GridFsCarveStore implements CarveStore {
           if (!stored || !bytesOf(stored.data).equals(piece)) throw new AppError("BLOCK_CONFLICT");
         }
       }
+      // The stored bytes equal `data` now (written, or compared with what was there): feed the running hash.
+      this.advanceRunningHash(session, blockId, data);
       // 2. The marker and the counters, in one conditional update: counted once, by whoever gets there.
       const marker = `b.r${blockId}`;
       const marked = await this.sessions.findOneAndUpdate(
@@ -415,6 +433,19 @@ export class GridFsCarveStore implements CarveStore {
       if (err instanceof AppError) throw err;
       throw wrap(err, `store block ${blockId} of ${session.carveId}`);
     }
+  }
+
+  private advanceRunningHash(session: Session, blockId: number, data: Buffer): void {
+    let running = this.runningHashes.get(session.sessionId);
+    if (!running) {
+      if (blockId !== 0) return;
+      running = { hash: createHash("sha256"), next: 0, head: null };
+      this.runningHashes.set(session.sessionId, running);
+    }
+    if (blockId !== running.next) return; // a re-send (already in) or a gap (not here, or not yet)
+    if (blockId === 0) running.head = Buffer.from(data.subarray(0, 4));
+    running.hash.update(data);
+    running.next++;
   }
 
   /**
@@ -474,15 +505,21 @@ export class GridFsCarveStore implements CarveStore {
     }
   }
 
-  /** Hashes the stored chunks in order, writes the GridFS files document, marks the carve complete. */
+  /**
+   * Hashes the carve (the running hash when it covers every block, else the stored chunks read back in order),
+   * writes the GridFS files document, marks the carve complete.
+   */
   private async finalize(session: Session, token: string): Promise<void> {
     const k = chunksPerBlock(session.blockSize) ?? 1;
     const chunkSize = session.blockSize / k;
     const totalChunks = Math.ceil(session.carveSize / chunkSize);
     const perBatch = Math.max(1, Math.floor(HASH_BATCH_BYTES / chunkSize));
-    const hash = createHash("sha256");
-    let head = Buffer.alloc(0);
-    for (let first = 0; first < totalChunks; first += perBatch) {
+    const running = this.runningHashes.get(session.sessionId);
+    const covered = running !== undefined && running.next === session.blockCount && running.head !== null;
+    // copy(): a failed completion is retried, and must find the running hash still open.
+    const hash = covered ? running.hash.copy() : createHash("sha256");
+    let head = covered && running.head ? running.head : Buffer.alloc(0);
+    for (let first = 0; !covered && first < totalChunks; first += perBatch) {
       const ids: string[] = [];
       for (let n = first; n < Math.min(first + perBatch, totalChunks); n++) {
         ids.push(GridFsCarveStore.chunkId(session.sessionId, n));
@@ -518,6 +555,7 @@ export class GridFsCarveStore implements CarveStore {
       },
     );
     if (done.matchedCount !== 1) throw new AppError("STORAGE_UNAVAILABLE", "completion claim lost");
+    this.runningHashes.delete(session.sessionId);
     this.logger.info(
       { carveId: session.carveId, sha256, compression, carveSize: session.carveSize, blockCount: session.blockCount },
       "carve complete",
