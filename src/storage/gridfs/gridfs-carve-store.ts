@@ -70,7 +70,7 @@ export const MAX_GRIDFS_BLOCKS = 500_000;
 /** Bytes of chunks fetched per query while hashing a completed carve. */
 const HASH_BATCH_BYTES = 4 * 1024 * 1024;
 /** Bytes of chunks fetched per query while streaming a download (two such batches in memory at most). */
-const READ_BATCH_BYTES = 4 * 1024 * 1024;
+const READ_BATCH_BYTES = 1024 * 1024;
 /** Completions hashing at once in this process: memory stays bounded when many carves end together. */
 const CONCURRENT_FINALIZE = 2;
 
