@@ -147,7 +147,7 @@ describe("GridFS specifics", () => {
     // limits) held a whole carve in memory. Here a chunk deleted after the download started is found
     // missing only when its batch is fetched: the bytes before it have gone out, then the stream fails.
     const store = await open();
-    const chunk = 256 * 1024; // 16 chunks per 4 MiB batch
+    const chunk = 256 * 1024; // 4 chunks per 1 MiB batch
     const carve = makeCarve({ size: 40 * chunk, blockSize: chunk });
     const { session } = await store.createSession(carve.spec, "gfsstream1");
     for (const [i, b] of carve.blocks.entries()) await store.putBlock(session, i, b);
