@@ -7,13 +7,18 @@ const VALUE = new Int16Array(256).fill(-1);
 for (let i = 0; i < ALPHABET.length; i++) VALUE[ALPHABET.charCodeAt(i)] = i;
 
 /**
- * Value of each pair of bytes (first byte << 8 | second): 12 bits, or negative when either byte is not in
- * the alphabet. Two lookups per 4 characters instead of four: ~25% faster than the single-byte table here
- * (256 KiB, built once).
+ * Value of each pair of bytes (first byte << 8 | second), as the high 12 bits (HIGH) or the low 12 bits (LOW)
+ * of a 4-character group's 24 bits; negative when either byte is not in the alphabet. Two lookups per 4
+ * characters and no shifts: ~2.5 x faster than one lookup per character here (2 x 256 KiB, built once).
  */
-const PAIR = new Int32Array(65536).fill(-1 << 24);
+const HIGH = new Int32Array(65536).fill(-1 << 24);
+const LOW = new Int32Array(65536).fill(-1 << 24);
 for (let i = 0; i < 64; i++) {
-  for (let j = 0; j < 64; j++) PAIR[(ALPHABET.charCodeAt(i) << 8) | ALPHABET.charCodeAt(j)] = (i << 6) | j;
+  for (let j = 0; j < 64; j++) {
+    const pair = (ALPHABET.charCodeAt(i) << 8) | ALPHABET.charCodeAt(j);
+    LOW[pair] = (i << 6) | j;
+    HIGH[pair] = ((i << 6) | j) << 12;
+  }
 }
 
 const PAD = 0x3d; // "="
@@ -64,13 +69,24 @@ export function decodeBase64InPlace(text: Buffer, expectedLength: number): Buffe
   let bad = 0;
   let o = 0;
   let i = 0;
+  // Two groups (8 characters -> 6 bytes) per turn. Both are read before anything is written, and the
+  // output (at 3/4 of the input position) never reaches bytes not yet read.
+  const full8 = full - (full % 8);
+  for (; i < full8; i += 8) {
+    const w1 = view.getUint32(i); // big-endian: the first character in the top byte
+    const w2 = view.getUint32(i + 4);
+    const v1 = HIGH[w1 >>> 16]! | LOW[w1 & 0xffff]!;
+    const v2 = HIGH[w2 >>> 16]! | LOW[w2 & 0xffff]!;
+    bad |= v1 | v2; // any invalid pair makes it negative
+    view.setUint32(o, (v1 << 8) | (v2 >>> 16));
+    view.setUint16(o + 4, v2 & 0xffff);
+    o += 6;
+  }
   for (; i < full; i += 4) {
-    const word = view.getUint32(i); // big-endian: the first character in the top byte
-    const hi = PAIR[word >>> 16]!;
-    const lo = PAIR[word & 0xffff]!;
-    bad |= hi | lo; // any invalid pair makes it negative
-    const v = (hi << 12) | lo;
-    view.setUint16(o, v >>> 8); // the first two output bytes (big-endian), written after the read above
+    const w = view.getUint32(i);
+    const v = HIGH[w >>> 16]! | LOW[w & 0xffff]!;
+    bad |= v;
+    view.setUint16(o, v >>> 8);
     text[o + 2] = v & 0xff;
     o += 3;
   }

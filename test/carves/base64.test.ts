@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { decodeBase64InPlace, decodeBlockData } from "../../src/carves/base64.js";
 import { AppError } from "../../src/errors.js";
@@ -77,5 +78,36 @@ describe("decodeBase64InPlace", () => {
     ["not base64 and of another length", "YW-_ZGVm", 5, "INVALID_BASE64"],
   ])("refuses %s", (_label, text, expected, code) => {
     expect(codeOf(() => decodeBase64InPlace(Buffer.from(text, "latin1"), expected))).toBe(code);
+  });
+});
+
+describe("decodeBase64InPlace, property-based", () => {
+  it("decodes whatever Node encodes, at any length and offset", () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), fc.nat(7), (bytes, offset) => {
+        const text = Buffer.from(Buffer.from(bytes).toString("base64"), "latin1");
+        const host = Buffer.alloc(offset + text.length);
+        text.copy(host, offset);
+        expect(decodeBase64InPlace(host.subarray(offset), bytes.length).equals(Buffer.from(bytes))).toBe(true);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it("refuses any one character outside the alphabet, wherever it is", () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ minLength: 1, maxLength: 200 }),
+        fc.nat(),
+        fc.integer({ min: 0, max: 255 }).filter((c) => !/[A-Za-z0-9+/]/.test(String.fromCharCode(c))),
+        (bytes, at, bad) => {
+          const text = Buffer.from(Buffer.from(bytes).toString("base64"), "latin1");
+          const unpadded = text.length - (text.at(-1) === 0x3d ? (text.at(-2) === 0x3d ? 2 : 1) : 0);
+          text[at % unpadded] = bad;
+          expect(codeOf(() => decodeBase64InPlace(text, bytes.length))).toBe("INVALID_BASE64");
+        },
+      ),
+      { numRuns: 2000 },
+    );
   });
 });
