@@ -113,7 +113,7 @@ export const configSchema = z
          * Bytes of agent request bodies admitted at once (each also holds ~2.5 x its body while processed);
          * requests beyond it wait, unread, so memory does not grow with the number of agents.
          */
-        inflightBytes: byteSize(1024 * 1024, 4 * 1024 ** 3).default(8 * 1024 * 1024),
+        inflightBytes: byteSize(1024 * 1024, 4 * 1024 ** 3).default(16 * 1024 * 1024),
         /** Carves being received at once (0: no limit); a start beyond it gets a JSON 429. */
         maxReceivingCarves: z.coerce.number().int().min(0).max(1_000_000).default(1000),
         /** Carves being received at once from one agent (certificate, else node key, else address). */

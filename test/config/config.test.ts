@@ -45,7 +45,7 @@ describe("configuration", () => {
         continuePath: "/upload_blocks",
         maxBlockSize: 8 * 1024 * 1024,
         maxCarveSize: 4 * 1024 ** 3,
-        inflightBytes: 8 * 1024 * 1024,
+        inflightBytes: 16 * 1024 * 1024,
         maxReceivingCarves: 1000,
         maxReceivingCarvesPerAgent: 20,
         requireSameCertificate: false,
