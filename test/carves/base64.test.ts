@@ -99,7 +99,9 @@ describe("decodeBase64InPlace, property-based", () => {
       fc.property(
         fc.uint8Array({ minLength: 1, maxLength: 200 }),
         fc.nat(),
-        fc.integer({ min: 0, max: 255 }).filter((c) => !/[A-Za-z0-9+/]/.test(String.fromCharCode(c))),
+        // "=" is left out: at the end it makes well-formed base64 of another length (BLOCK_LENGTH_MISMATCH,
+        // covered by the examples above).
+        fc.integer({ min: 0, max: 255 }).filter((c) => !/[A-Za-z0-9+/=]/.test(String.fromCharCode(c))),
         (bytes, at, bad) => {
           const text = Buffer.from(Buffer.from(bytes).toString("base64"), "latin1");
           const unpadded = text.length - (text.at(-1) === 0x3d ? (text.at(-2) === 0x3d ? 2 : 1) : 0);
