@@ -98,8 +98,8 @@ export interface AgentEndpoints {
   /** Every agent route, for the Express app. */
   router: Router;
   /**
-   * Middleware to mount before everything else (request logger, routers): answers `POST <continuePath>`
-   * itself and passes anything else on. Blocks are by far the most frequent request; Express's per-request
+   * Runs in front of the Express app (app.ts createRequestHandler): answers `POST <continuePath>` itself and
+   * passes anything else on (`next`). Blocks are by far the most frequent request; Express's per-request
    * work (router walk, response helpers) was about an eighth of the 8 KiB block path. Same handler, same
    * replies, same refusal logs as the router; only the per-request access log is skipped, so mount it only
    * when successful blocks would not be logged anyway (below debug level).

@@ -39,23 +39,23 @@ export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void
 /**
  * The request listener for a server: below debug level, `POST <continue path>` goes straight to the agent
  * block handler without entering Express at all (its app and router dispatch were ~5% of the 8 KiB block
- * path even with that handler mounted first); everything else goes to the Express app of createApp.
+ * path even with that handler mounted first); everything else goes to the Express app.
  */
 export function createRequestHandler(deps: AppDeps): RequestHandler {
-  const app = createApp(deps);
-  const fast = fastBlocksOf.get(app);
-  if (!fast) return app;
+  const { app, fastBlocks } = buildApp(deps);
+  if (!fastBlocks) return app;
   return (req, res) => {
-    fast(req, res, () => {
+    fastBlocks(req, res, () => {
       app(req, res);
     });
   };
 }
 
-const fastBlocksOf = new WeakMap<Express, AgentEndpoints["fastBlocks"]>();
-
-/** Builds the Express application. Creates nothing that needs closing: the caller owns store and server. */
-export function createApp(deps: AppDeps): Express {
+/**
+ * Builds the Express application, and the block handler to put in front of it when successful blocks are not
+ * logged. Creates nothing that needs closing: the caller owns store and server.
+ */
+function buildApp(deps: AppDeps): { app: Express; fastBlocks: AgentEndpoints["fastBlocks"] | undefined } {
   const { config } = deps;
   const app = express();
   app.disable("x-powered-by");
@@ -79,12 +79,9 @@ export function createApp(deps: AppDeps): Express {
       )
     : undefined;
   // Successful block requests are logged at debug only. Below that level they skip the per-request logger
-  // and Express's routing altogether (together ~20% of the 8 KiB block path); their refusals are still
-  // logged, with the request id, by the agent handler.
-  if (agent && !debugEnabled) {
-    app.use(agent.fastBlocks); // for callers that use the app alone (createRequestHandler goes around it)
-    fastBlocksOf.set(app, agent.fastBlocks);
-  }
+  // and Express's routing altogether (together ~20% of the 8 KiB block path: createRequestHandler); their
+  // refusals are still logged, with the request id, by the agent handler.
+  const fastBlocks = agent && !debugEnabled ? agent.fastBlocks : undefined;
   app.use((req: Request, res: Response, next: NextFunction) => {
     if (!debugEnabled && req.method === "POST") {
       // The --tls_node_api form of the continue path, /<node_key><path>, or a query string: also quiet.
@@ -142,5 +139,5 @@ export function createApp(deps: AppDeps): Express {
     }
     sendJsonError(req, res, appErr);
   });
-  return app;
+  return { app, fastBlocks };
 }
