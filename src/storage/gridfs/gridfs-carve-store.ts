@@ -520,19 +520,10 @@ export class GridFsCarveStore implements CarveStore {
     const hash = covered ? running.hash.copy() : createHash("sha256");
     let head = covered && running.head ? running.head : Buffer.alloc(0);
     for (let first = 0; !covered && first < totalChunks; first += perBatch) {
-      const ids: string[] = [];
-      for (let n = first; n < Math.min(first + perBatch, totalChunks); n++) {
-        ids.push(GridFsCarveStore.chunkId(session.sessionId, n));
-      }
-      const docs = await this.chunks.find({ _id: { $in: ids } }).toArray();
-      const byN = new Map(docs.map((d) => [d.n, d]));
-      for (let n = first; n < first + ids.length; n++) {
-        const doc = byN.get(n);
-        const expected = n < totalChunks - 1 ? chunkSize : session.carveSize - (totalChunks - 1) * chunkSize;
-        if (!doc || doc.data.position !== expected) {
-          throw new Error(`chunk ${n} of ${session.carveId} is missing or has the wrong size`);
-        }
-        const bytes = bytesOf(doc.data);
+      const last = Math.min(first + perBatch, totalChunks) - 1;
+      const batch = await this.fetchChunks(session.sessionId, first, last);
+      for (let n = first; n <= last; n++) {
+        const bytes = GridFsCarveStore.checkedChunk(batch, n, session.sessionId, chunkSize, session.carveSize);
         if (n === 0) head = Buffer.from(bytes.subarray(0, 4));
         hash.update(bytes);
       }
@@ -697,6 +688,18 @@ export class GridFsCarveStore implements CarveStore {
     };
   }
 
+  /** The bytes of chunk `n` of a file of `length` bytes, checked present and of the size its place requires. */
+  private static checkedChunk(batch: Map<number, ChunkDoc>, n: number, fileId: string, chunkSize: number, length: number): Buffer {
+    const totalChunks = Math.ceil(length / chunkSize);
+    const expected = n < totalChunks - 1 ? chunkSize : length - (totalChunks - 1) * chunkSize;
+    const doc = batch.get(n);
+    if (!doc || doc.data.position !== expected) {
+      throw new AppError("STORAGE_UNAVAILABLE", `chunk ${n} of ${fileId} is missing or has the wrong size`);
+    }
+    return bytesOf(doc.data);
+  }
+
+  /** Chunks from..to (inclusive) of a file, by _id, keyed by n (missing ones absent). */
   private async fetchChunks(fileId: string, from: number, to: number): Promise<Map<number, ChunkDoc>> {
     const ids: string[] = [];
     for (let n = from; n <= to; n++) ids.push(GridFsCarveStore.chunkId(fileId, n));
@@ -719,7 +722,6 @@ export class GridFsCarveStore implements CarveStore {
   private async *readChunks(file: FileDoc, plan: ReadPlan, firstBatch: Map<number, ChunkDoc>): AsyncGenerator<Buffer> {
     const { chunkSize, length } = file;
     const { start, end, firstN, lastN, perBatch } = plan;
-    const totalChunks = Math.ceil(length / chunkSize);
     let next: Promise<Map<number, ChunkDoc>> | null = Promise.resolve(firstBatch);
     try {
       for (let from = firstN; from <= lastN; from += perBatch) {
@@ -729,12 +731,7 @@ export class GridFsCarveStore implements CarveStore {
         // A rejected prefetch is awaited (and thrown) on the next turn; never left unhandled meanwhile.
         next?.catch(() => undefined);
         for (let n = from; n <= Math.min(following - 1, lastN); n++) {
-          const doc = batch.get(n);
-          const expected = n < totalChunks - 1 ? chunkSize : length - (totalChunks - 1) * chunkSize;
-          if (!doc || doc.data.position !== expected) {
-            throw new AppError("STORAGE_UNAVAILABLE", `chunk ${n} of ${file._id} is missing or has the wrong size`);
-          }
-          const bytes = bytesOf(doc.data);
+          const bytes = GridFsCarveStore.checkedChunk(batch, n, file._id, chunkSize, length);
           const from0 = n === firstN ? start - n * chunkSize : 0;
           const to = n === lastN ? end - n * chunkSize + 1 : bytes.length;
           yield bytes.subarray(from0, to);
