@@ -662,16 +662,15 @@ export class GridFsCarveStore implements CarveStore {
       throw wrap(err, `read the files document of ${carveId}`);
     }
     if (!file) throw new AppError("STORAGE_UNAVAILABLE", `the GridFS file of ${carveId} is missing`);
+    const record = GridFsCarveStore.recordOf(doc);
     const plan = GridFsCarveStore.readPlan(file, range);
-    // The first batch is read now: a storage failure is then a clean error before any header is sent,
-    // not a connection cut after a 200.
-    const first = plan ? await this.fetchChunks(file._id, plan.firstN, Math.min(plan.firstN + plan.perBatch - 1, plan.lastN)) : null;
-    if (plan && !first?.has(plan.firstN)) {
-      throw new AppError("STORAGE_UNAVAILABLE", `chunk ${plan.firstN} of ${carveId}'s GridFS file is missing`);
-    }
-    const chunks = plan && first ? this.readChunks(file, plan, first) : ([] as Buffer[]);
-    const stream = Readable.from(chunks, { objectMode: false, highWaterMark: 64 * 1024 });
-    return { record: GridFsCarveStore.recordOf(doc), stream };
+    if (!plan) return { record, stream: Readable.from([]) }; // an empty archive
+    // The first batch is read (and its first chunk checked) now: a storage failure is then a clean error
+    // before any header is sent, not a connection cut after a 200.
+    const first = await this.fetchChunks(file._id, plan.firstN, Math.min(plan.firstN + plan.perBatch - 1, plan.lastN));
+    GridFsCarveStore.checkedChunk(first, plan.firstN, file._id, file.chunkSize, file.length);
+    const stream = Readable.from(this.readChunks(file, plan, first), { objectMode: false, highWaterMark: 64 * 1024 });
+    return { record, stream };
   }
 
   /** Which chunks hold a file's bytes (or `range`, inclusive), in batches of about READ_BATCH_BYTES; null if none. */
