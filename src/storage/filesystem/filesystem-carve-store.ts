@@ -11,6 +11,7 @@ import {
   expectedBlockLength,
   isSafeId,
 } from "../../carves/geometry.js";
+import { crashPoint } from "../../util/crash-point.js";
 import { Mutex } from "../../util/mutex.js";
 import { LruMap } from "../../util/lru.js";
 import type {
@@ -591,10 +592,13 @@ export class FilesystemCarveStore implements CarveStore {
           if (!stored.equals(data)) throw new AppError("BLOCK_CONFLICT");
           return { duplicate: true, complete: false, completedNow: false };
         }
+        crashPoint("block.before-write");
         const fd = await this.dataFile(carve);
         await FilesystemCarveStore.writeFully(fd, data, offset);
         if (this.fsyncEachBlock) await fd.datasync();
+        crashPoint("block.after-bytes");
         await this.appendJournal(carve, blockId);
+        crashPoint("block.after-journal");
         carve.mark(blockId);
         carve.received++;
         carve.bytes += data.length;
@@ -684,6 +688,7 @@ export class FilesystemCarveStore implements CarveStore {
       }
       const sha256 = carve.hash.digest("hex");
       const compression = detectCompression(head);
+      crashPoint("complete.after-hash");
       const completion: Completion = { completedAt: this.now(), sha256, compression };
       await carve.closeFiles();
       const target = this.finalPath(carveId, compression);
@@ -693,6 +698,7 @@ export class FilesystemCarveStore implements CarveStore {
       } else {
         await fsp.rm(this.partPath(carveId), { force: true }); // an empty leftover, never data
       }
+      crashPoint("complete.after-publish");
       const meta = await this.readMeta(carveId);
       if (!meta) throw new Error(`meta of ${carveId} vanished during completion`);
       await this.replaceMeta({
@@ -702,6 +708,7 @@ export class FilesystemCarveStore implements CarveStore {
         sha256,
         compression,
       });
+      crashPoint("complete.after-record");
       carve.completion = completion;
       carve.lastBlockAt = completion.completedAt;
       await fsp.rm(this.sessionDir(carveId), { recursive: true, force: true });
@@ -878,6 +885,7 @@ export class FilesystemCarveStore implements CarveStore {
       } catch (err) {
         throw wrapIo(err, `delete ${carveId}`);
       }
+      crashPoint("delete.after-mark");
       this.forget(carve);
       return { deleted: true, bytesFreed: await this.removeCarveFiles(meta, bytes) };
     });
@@ -892,6 +900,7 @@ export class FilesystemCarveStore implements CarveStore {
         await fsp.rm(file, { force: true });
       }
       await fsp.rm(this.sessionDir(carveId), { recursive: true, force: true }); // journal included
+      crashPoint("delete.after-bytes");
       await fsp.rm(this.p("index", meta.sessionId), { force: true });
       await fsp.rm(this.metaPath(carveId), { force: true });
     } catch (err) {
@@ -993,6 +1002,7 @@ export class FilesystemCarveStore implements CarveStore {
           hash.update(chunk);
           if (size - chunk.length < 4) head.push(chunk.subarray(0, 4));
           await FilesystemCarveStore.writeFully(fd, chunk, size - chunk.length);
+          crashPoint("import.mid-stream");
         }
       } catch (err) {
         if (err instanceof AppError) throw err;
@@ -1007,6 +1017,7 @@ export class FilesystemCarveStore implements CarveStore {
       await fd.close();
       fd = null;
       const compression = detectCompression(Buffer.concat(head).subarray(0, 4));
+      crashPoint("import.before-publish");
       await fsp.rename(part, this.finalPath(spec.carveId, compression));
       await this.fsyncDir(this.p("carves"));
       const completedAt = this.now();

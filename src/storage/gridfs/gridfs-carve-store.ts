@@ -10,6 +10,7 @@ import {
   expectedBlockLength,
   isSafeId,
 } from "../../carves/geometry.js";
+import { crashPoint } from "../../util/crash-point.js";
 import { LruMap } from "../../util/lru.js";
 import { ByteBudget } from "../../util/byte-budget.js";
 import type {
@@ -385,6 +386,7 @@ export class GridFsCarveStore implements CarveStore {
     if (k === null) throw new AppError("INVALID_BLOCK", "block size not storable");
     const chunkSize = session.blockSize / k;
     try {
+      crashPoint("block.before-write");
       // 1. The bytes: chunk documents, idempotent by key; a re-send must be byte-identical.
       for (let i = 0; i * chunkSize < data.length; i++) {
         const piece = data.subarray(i * chunkSize, Math.min((i + 1) * chunkSize, data.length));
@@ -398,6 +400,7 @@ export class GridFsCarveStore implements CarveStore {
           if (!stored || !bytesOf(stored.data).equals(piece)) throw new AppError("BLOCK_CONFLICT");
         }
       }
+      crashPoint("block.after-bytes");
       // The stored bytes equal `data` now (written, or compared with what was there): feed the running hash.
       this.advanceRunningHash(session, blockId, data);
       // 2. The marker and the counters, in one conditional update: counted once, by whoever gets there.
@@ -416,6 +419,7 @@ export class GridFsCarveStore implements CarveStore {
         { returnDocument: "after", projection: { b: 0 } },
       );
       if (marked) {
+        crashPoint("block.after-journal");
         if (marked.blocksReceived < marked.blockCount) return { duplicate: false, complete: false, completedNow: false };
         const completedNow = await this.ensureComplete(session);
         return { duplicate: false, complete: true, completedNow };
@@ -535,9 +539,11 @@ export class GridFsCarveStore implements CarveStore {
       if (beat.matchedCount !== 1) throw new AppError("STORAGE_UNAVAILABLE", "completion claim lost");
     }
     const sha256 = hash.digest("hex");
+    crashPoint("complete.after-hash");
     const compression = detectCompression(head);
     const completedAt = this.now();
     await this.insertFileDoc(session, { chunkSize, sha256, compression, completedAt });
+    crashPoint("complete.after-publish");
     const done = await this.sessions.updateOne(
       { _id: session.carveId, sessionId: session.sessionId, status: "completing", completer: token },
       {
@@ -546,6 +552,7 @@ export class GridFsCarveStore implements CarveStore {
       },
     );
     if (done.matchedCount !== 1) throw new AppError("STORAGE_UNAVAILABLE", "completion claim lost");
+    crashPoint("complete.after-record");
     this.runningHashes.delete(session.sessionId);
     this.logger.info(
       { carveId: session.carveId, sha256, compression, carveSize: session.carveSize, blockCount: session.blockCount },
@@ -791,6 +798,7 @@ export class GridFsCarveStore implements CarveStore {
         if (current?.hold && current.status !== "deleting") throw new AppError("CARVE_ON_HOLD");
         throw new AppError("CARVE_NOT_FOUND");
       }
+      crashPoint("delete.after-mark");
       await this.removeCarveData(before);
       const bytesFreed = before.status === "complete" ? before.carveSize : before.bytesReceived;
       this.logger.info({ carveId, bytesFreed }, "carve deleted");
@@ -805,6 +813,7 @@ export class GridFsCarveStore implements CarveStore {
     this.sessionCache.delete(doc.sessionId);
     await this.files.deleteOne({ _id: doc.sessionId });
     await this.chunks.deleteMany({ files_id: doc.sessionId });
+    crashPoint("delete.after-bytes");
     // A completion racing an explicit delete may have inserted the files document meanwhile.
     await this.files.deleteOne({ _id: doc.sessionId });
     await this.sessions.deleteOne({ _id: doc._id, status: "deleting" });
@@ -891,6 +900,7 @@ export class GridFsCarveStore implements CarveStore {
             n,
             data: new Binary(piece),
           });
+          crashPoint("import.mid-stream");
           n++;
           pending = rest.length > 0 ? [rest] : [];
           pendingBytes = rest.length;
@@ -929,6 +939,7 @@ export class GridFsCarveStore implements CarveStore {
         blockCount: n,
         blockSize: IMPORT_CHUNK,
       };
+      crashPoint("import.before-publish");
       await this.insertFileDoc(session, { chunkSize: IMPORT_CHUNK, sha256, compression, completedAt, origin: "import" });
       await this.sessions.updateOne(
         { _id: spec.carveId, status: "importing" },
