@@ -11,6 +11,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCarve } from "../../scripts/emulator/index.js";
 import { sha256 } from "../support/carve-data.js";
+import { waitForMetric, waitForOutput } from "../support/child-service.js";
 import { freePort, spawnService, type ChildService } from "../support/service.js";
 
 let work: string;
@@ -93,24 +94,34 @@ describe("graceful shutdown", () => {
       JSON.stringify({ block_id: 0, session_id, request_id: start.request_id, data: data.toString("base64") }),
     );
     const url = new URL(`${svc.url}/upload_blocks`);
-    const reply = new Promise<{ status: number; text: string }>((resolve, reject) => {
-      const req = http.request(
-        { host: url.hostname, port: url.port, path: url.pathname, method: "POST", headers: { "content-length": body.length } },
-        (res) => {
-          let text = "";
-          res.on("data", (c: Buffer) => (text += c.toString()));
-          res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
-        },
-      );
-      req.on("error", reject);
-      req.write(body.subarray(0, 1000));
-      setTimeout(() => {
-        svc.proc.kill("SIGTERM");
-        setTimeout(() => req.end(body.subarray(1000)), 500);
-      }, 200);
+    let req!: http.ClientRequest;
+    const connected = new Promise<void>((resolve) => {
+      req = http.request({ host: url.hostname, port: url.port, path: url.pathname, method: "POST", headers: { "content-length": body.length } });
+      req.once("socket", (socket) => socket.once("connect", () => resolve()));
     });
-    await new Promise((r) => setTimeout(r, 450));
-    await expect(fetch(`${svc.url}/status`)).rejects.toThrow();
+    const reply = new Promise<{ status: number; text: string }>((resolve, reject) => {
+      req.once("response", (res) => {
+        let text = "";
+        res.on("data", (c: Buffer) => (text += c.toString()));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, text }));
+      });
+      req.on("error", reject);
+    });
+    req.write(body.subarray(0, 1000));
+    await connected;
+    // The service is reading this body (its in-flight budget holds it) before it is told to stop.
+    await waitForMetric(svc.url, "carve_inflight_body_bytes", (v) => v >= body.length);
+    svc.proc.kill("SIGTERM");
+    // The listener is closed in the same tick that logs this line: from now on new connections are refused.
+    await waitForOutput(svc, /shutting down/);
+    // A new connection (not one of fetch's pooled ones) is refused.
+    const refused = await new Promise<string>((resolve) => {
+      http
+        .get({ host: url.hostname, port: url.port, path: "/status", agent: false }, (r) => resolve(`answered ${r.statusCode}`))
+        .on("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+    });
+    expect(refused).toBe("ECONNREFUSED");
+    req.end(body.subarray(1000));
     const res = await reply;
     expect(res).toEqual({ status: 200, text: '{"success":true}' });
     expect(await svc.exited).toBe(0);

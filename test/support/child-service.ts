@@ -42,3 +42,32 @@ export async function stopChild(child: ChildService, signal: NodeJS.Signals = "S
   if (child.proc.exitCode === null && child.proc.signalCode === null) child.proc.kill(signal);
   return child.exited;
 }
+
+/** Waits (polling, generous deadline) until a line of the child's output matches; returns that line. */
+export async function waitForOutput(child: ChildService, pattern: RegExp, timeoutMs = 30_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const line = child.output.find((l) => pattern.test(l));
+    if (line !== undefined) return line;
+    if (Date.now() > deadline) throw new Error(`no output line matched ${pattern} within ${timeoutMs} ms:\n${child.output.join("\n")}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** The value of one unlabelled metric in GET /metrics (Prometheus text), or null when absent. */
+export async function metricValue(baseUrl: string, name: string): Promise<number | null> {
+  const text = await (await fetch(`${baseUrl}/metrics`)).text();
+  const m = new RegExp(`^${name} (\\S+)$`, "m").exec(text);
+  return m ? Number(m[1]) : null;
+}
+
+/** Polls GET /metrics (generous deadline) until `name` satisfies `ok`. */
+export async function waitForMetric(baseUrl: string, name: string, ok: (v: number) => boolean, timeoutMs = 30_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await metricValue(baseUrl, name);
+    if (v !== null && ok(v)) return v;
+    if (Date.now() > deadline) throw new Error(`${name} stayed ${v} for ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
