@@ -190,7 +190,7 @@ async function startNginx(
       resolve();
     });
   });
-  const deadline = Date.now() + 10_000;
+  const deadline = Date.now() + 30_000;
   while (!((await listening(ports.agent)) && (await listening(ports.responder)))) {
     if (exitCode !== undefined) throw new Error(`nginx exited with ${exitCode}:\n${stderr.join("\n")}`);
     if (Date.now() > deadline) {
@@ -278,7 +278,7 @@ interface ClientTls {
 
 function request(
   url: string,
-  options: { method?: string; headers?: Record<string, string>; body?: string | Buffer; tls?: ClientTls; ca: string },
+  options: { method?: string; headers?: Record<string, string>; body?: string | Buffer; tls?: ClientTls; ca: string; agent?: https.Agent },
 ): Promise<Reply> {
   return new Promise((resolve, reject) => {
     const body = options.body ?? "";
@@ -293,7 +293,7 @@ function request(
         },
         ca: options.ca,
         servername: "localhost",
-        agent: false,
+        agent: options.agent ?? false,
         ...(options.tls?.cert ? { cert: options.tls.cert, key: options.tls.key } : {}),
       },
       (res) => {
@@ -428,6 +428,18 @@ afterAll(async () => {
   }
   await rm(work, { recursive: true, force: true });
 });
+
+/** Waits until a fresh start request's log line is in the service output: every line logged before it is too. */
+async function logBarrier(): Promise<void> {
+  const marker = randomUUID();
+  const res = await fetch(`${svc.url}/start_uploads`, { method: "POST", body: startBody({ carve_id: marker }) });
+  expect(res.status).toBe(200);
+  const deadline = Date.now() + 30_000;
+  while (!svc.output.some((l) => l.includes(marker))) {
+    if (Date.now() > deadline) throw new Error("the marker start was never logged");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 
 /** No service log line may ever carry a node key. */
 function serviceLogsContain(secret: string): boolean {
@@ -738,6 +750,7 @@ describe("NGINX front with a fleet manager, mutual TLS", () => {
     expect(emptyKey.status).toBe(200);
     expect((await readMeta(emptyKeyId))?.nodeKey).toBe("");
 
+    await logBarrier();
     expect(serviceLogsContain(nodeKey)).toBe(false);
     expect(serviceLogsContain(bodyKey)).toBe(false);
     expect(svc.output.some((l) => l.includes('"url":"/[node-key]/start_uploads"'))).toBe(true);
@@ -861,11 +874,26 @@ describe("NGINX front without a fleet manager, low per-certificate rate", () => 
   });
 
   it("delays requests over the rate, answers 429 (not JSON) past the burst for one certificate, and not for another", async () => {
-    const replies = await Promise.all(
-      Array.from({ length: 20 }, () =>
-        request(`${front.agentUrl}/start_uploads`, { body: startBody(), ca: pki.ca, tls: agent("agent-rate") }),
-      ),
-    );
+    let replies: Reply[] = [];
+    // 20 TLS connections opened first (through a location that answers before limit_req), so the 20 carve
+    // requests reach NGINX within a few milliseconds however slow handshakes are on a busy machine.
+    const pool = new https.Agent({ keepAlive: true, maxSockets: 20 });
+    try {
+      const warm = await Promise.all(
+        Array.from({ length: 20 }, () =>
+          request(`${front.agentUrl}/api/v1/osquery/config`, { body: "{}", ca: pki.ca, tls: agent("agent-rate"), agent: pool }),
+        ),
+      );
+      expect(warm.map((r) => r.status)).toEqual(Array.from({ length: 20 }, () => 404));
+      expect(Object.values(pool.freeSockets).flat().length).toBe(20);
+      replies = await Promise.all(
+        Array.from({ length: 20 }, () =>
+          request(`${front.agentUrl}/start_uploads`, { body: startBody(), ca: pki.ca, tls: agent("agent-rate"), agent: pool }),
+        ),
+      );
+    } finally {
+      pool.destroy();
+    }
     // 10 r/s with 3 waiting at most: about 1 served at once, 3 delayed by up to 0.3 s, the rest refused.
     const limited = replies.filter((r) => r.status === 429);
     expect(limited.length).toBeGreaterThanOrEqual(10);
@@ -964,7 +992,8 @@ describe("--tls_node_api on the service itself (no NGINX)", () => {
       await post(p, startBody({ carve_id: id }));
       expect(await readMeta(id)).toBeNull();
     }
-    await new Promise((r) => setTimeout(r, 100));
+    // A later request's log line is out: everything the requests above logged is in the output too.
+    await logBarrier();
     expect(serviceLogsContain(key)).toBe(false);
     expect(serviceLogsContain(key.slice(0, 40))).toBe(false);
   });
