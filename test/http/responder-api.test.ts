@@ -299,17 +299,24 @@ describe("authorization", () => {
     expect((await api(`/api/v1/carves/${modern.carveId}`, { token: one.accessor })).status).toBe(401);
     expect(double.requests.length).toBe(before + 3);
 
-    // ttl 2 s: lookup-self reports ttl 1, so the entry lives 1 s although the window is 30 s.
-    const short = newToken("short", { ...READ, ttlSeconds: 2 });
-    expect((await api("/api/v1/carves", { token: short.token })).status).toBe(200);
-    const afterFirst = double.requests.length;
-    expect((await api("/api/v1/carves", { token: short.token })).status).toBe(200);
-    expect(double.requests.length).toBe(afterFirst);
-    await sleep(1100);
-    expect((await api("/api/v1/carves", { token: short.token })).status).toBe(200);
-    expect(double.requests.length).toBe(afterFirst + 1);
-    await sleep(1000);
-    expect((await api("/api/v1/carves", { token: short.token })).status).toBe(401);
+    // ttl 10 s: the entry lives ~10 s although the window is 30 s. The authorizer's clock is stepped, so
+    // no real second has to pass (the double's own countdown only moves the ttl it reports by a second or so).
+    let clock = Date.now();
+    const clocked = await startTestService({ VAULT_ADDR: double.url }, { vaultClock: () => clock });
+    services.push(clocked);
+    const short = newToken("short", { ...READ, ttlSeconds: 10 });
+    const asks = (): number => double.requests.filter((r) => r.token === short.token).length;
+    expect((await call(`${clocked.url}/api/v1/carves`, { token: short.token })).status).toBe(200);
+    expect(asks()).toBe(1);
+    clock += 5_000;
+    expect((await call(`${clocked.url}/api/v1/carves`, { token: short.token })).status).toBe(200);
+    expect(asks(), "within the token's ttl: from the cache").toBe(1);
+    clock += 7_000;
+    expect((await call(`${clocked.url}/api/v1/carves`, { token: short.token })).status).toBe(200);
+    expect(asks(), "past the token's ttl, within the 30 s window: asked again").toBe(2);
+    double.expire(short.token);
+    clock += 31_000;
+    expect((await call(`${clocked.url}/api/v1/carves`, { token: short.token })).status).toBe(401);
   });
 });
 
@@ -794,7 +801,11 @@ describe("other Vault configurations", () => {
   });
 
   it("sends VAULT_NAMESPACE, and a revocation shows once the cache window is over", async () => {
-    const ns = await startTestService({ VAULT_ADDR: double.url, VAULT_NAMESPACE: "team-a", CARVE_VAULT_CACHE_SECONDS: "1" });
+    let clock = Date.now();
+    const ns = await startTestService(
+      { VAULT_ADDR: double.url, VAULT_NAMESPACE: "team-a", CARVE_VAULT_CACHE_SECONDS: "1" },
+      { vaultClock: () => clock },
+    );
     services.push(ns);
     const inA = newToken("nsa", { ...READ, namespace: "team-a" });
     const inRoot = newToken("nsroot", READ);
@@ -805,8 +816,8 @@ describe("other Vault configurations", () => {
     expect((await call(`${ns.url}/api/v1/carves`, { token: inRoot.token, headers: { "X-Vault-Namespace": "" } })).status).toBe(401);
 
     double.revoke(inA.token);
-    expect((await call(`${ns.url}/api/v1/carves`, { token: inA.token })).status).toBe(200); // cached, <= 1 s
-    await sleep(1100);
+    expect((await call(`${ns.url}/api/v1/carves`, { token: inA.token })).status).toBe(200); // cached, within 1 s
+    clock += 1_100;
     expect((await call(`${ns.url}/api/v1/carves`, { token: inA.token })).status).toBe(401);
   });
 });

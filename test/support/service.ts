@@ -34,8 +34,15 @@ export interface TestService extends RunningService {
   dispose(): Promise<void>;
 }
 
-/** Starts the real service in this process on an ephemeral loopback port with its own data directory. */
-export async function startTestService(env: Record<string, string> = {}): Promise<TestService> {
+/**
+ * Starts the real service in this process on an ephemeral loopback port with its own data directory.
+ * `vaultClock` replaces the Vault authorizer's clock (its decision cache windows), so a test steps over a
+ * window instead of sleeping through it.
+ */
+export async function startTestService(
+  env: Record<string, string> = {},
+  options: { vaultClock?: () => number } = {},
+): Promise<TestService> {
   const dataDir = env.CARVE_DATA_DIR ?? (await mkdtemp(path.join(tmpdir(), "carve-svc-")));
   const config = loadConfig({
     cwd: dataDir, // no conf/carve-server.yml there: built-in defaults + env
@@ -55,7 +62,11 @@ export async function startTestService(env: Record<string, string> = {}): Promis
   });
   const logs = new LogCapture();
   const logger = createLogger(config.logging.level, logs);
-  const service = await startService({ config, logger });
+  const authorizer =
+    options.vaultClock && config.vault.address
+      ? await (await import("../../src/auth/vault/vault-authorizer.js")).VaultAuthorizer.create(config.vault, logger, options.vaultClock)
+      : undefined;
+  const service = await startService({ config, logger, ...(authorizer ? { authorizer } : {}) });
   return {
     ...service,
     dataDir,
