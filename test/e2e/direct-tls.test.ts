@@ -219,7 +219,11 @@ describe("HTTPS and mutual TLS served directly", () => {
     expect(rotated).toBe(true);
     expect(result.status).toBe("SUCCESS");
     expect(sha256(await readFile(path.join(dataDir, "carves", `${result.id}.tar`)))).toBe(sha256(result.bytes));
-    await new Promise((r) => setTimeout(r, 300));
+    // The reload is logged once the new certificate is in place.
+    const deadline = Date.now() + 30_000;
+    while (!output.join("").includes("TLS certificate, key and CA reloaded") && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
     const presented = await new Promise<string>((resolve, reject) => {
       const socket = tls.connect(
         { host: "127.0.0.1", port, ca: caPem, servername: "localhost", cert: result.bytes.length > 0 ? undefined : undefined },

@@ -101,10 +101,18 @@ describe.each([
     const before = svc.logs.lines.length;
     const ok = await post(svc, "/upload_blocks", JSON.stringify({ block_id: 0, session_id: sid, request_id: requestId, data: bytes.toString("base64") }));
     const bad = await post(svc, "/upload_blocks", JSON.stringify({ block_id: 0, session_id: sid, request_id: "nope", data: "AAAA" }));
-    await new Promise((r) => setTimeout(r, 50));
-    const lines = svc.logs.lines.slice(before).map((l) => JSON.parse(l) as Record<string, unknown>);
-    const okLines = lines.filter((l) => JSON.stringify(l).includes(ok.requestId ?? "none"));
-    const badLines = lines.filter((l) => JSON.stringify(l).includes(bad.requestId ?? "none"));
+    // The refusal's line (logged after anything the earlier success logged) is the barrier: poll for it.
+    const logged = (id: string | null | undefined): Array<Record<string, unknown>> =>
+      svc.logs.lines
+        .slice(before)
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .filter((l) => JSON.stringify(l).includes(id ?? "none"));
+    const deadline = Date.now() + 30_000;
+    while (!logged(bad.requestId).some((l) => l.code === "REQUEST_ID_MISMATCH") && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const okLines = logged(ok.requestId);
+    const badLines = logged(bad.requestId);
     expect(badLines.some((l) => l.code === "REQUEST_ID_MISMATCH" && l.msg === "agent request refused")).toBe(true);
     if (level === "debug") expect(okLines.some((l) => (l.res as { statusCode?: number } | undefined)?.statusCode === 200)).toBe(true);
     else expect(okLines).toEqual([]);
