@@ -11,7 +11,8 @@
  * blocks aimed at their real sessions, and everything else, must leave their records, archives, partial data
  * and the set of stored files exactly as they were.
  *
- * CARVE_FUZZ_RUNS=<n> scales the number of runs (default 100: 200 per property, 300 for the hostile blocks).
+ * CARVE_FUZZ_RUNS=<n> scales the number of runs (default 100: 200 per property, 300 for the hostile blocks); anything
+ * but a positive integer is refused, so a typo cannot make the properties pass without running.
  */
 import { randomBytes, randomUUID } from "node:crypto";
 import { readFile, readdir } from "node:fs/promises";
@@ -37,7 +38,15 @@ const START_LIMIT = 64 * 1024;
 const MAX_GRIDFS_BLOCKS = 500_000;
 const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const STRICT_BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
-const RUNS = Number(process.env.CARVE_FUZZ_RUNS ?? 100);
+/** Runs per property: a positive integer, never 0 or junk (a property run 0 times passes without testing). */
+function fuzzRuns(raw: string | undefined): number {
+  if (raw === undefined || raw === "") return 100;
+  if (!/^[1-9]\d*$/.test(raw.trim()) || !Number.isSafeInteger(Number(raw))) {
+    throw new Error(`CARVE_FUZZ_RUNS=${raw}: expected a positive integer`);
+  }
+  return Number(raw);
+}
+const RUNS = fuzzRuns(process.env.CARVE_FUZZ_RUNS);
 
 type Route = "start" | "block" | "auto";
 const PATHS: Record<Route, string> = { start: "/start_uploads", block: "/upload_blocks", auto: "/" };
