@@ -3,7 +3,7 @@
  * and the one-line summary.
  */
 import { execFile } from "node:child_process";
-import { mkdtemp, rm, utimes } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -72,6 +72,19 @@ describe("cleanup command", () => {
     expect(res.stderr).toContain("carve expired"); // logs go to stderr
     const json = await cleanup({ CARVE_DATA_DIR: dir }, "--json");
     expect(JSON.parse(json.stdout)).toMatchObject({ deleted: 0, failed: 0 });
+  });
+
+  it("exits 1 when a carve cannot be deleted, after deleting the others", async () => {
+    // A directory (not empty) where the zstd archive of the first carve would be: removing it fails.
+    const blocker = path.join(dir, "carves", `${ids[0]}.tar.zst`);
+    await mkdir(blocker);
+    await writeFile(path.join(blocker, "keep"), "x");
+    const res = await cleanup({ CARVE_DATA_DIR: dir });
+    expect(res.code, res.stderr).toBe(1);
+    expect(res.stdout.trim()).toBe(
+      "cleanup: deleted 2 carve(s) (1 expired, 1 abandoned, 0 unfinished deletes), freed 3 KiB, 0 kept, 1 failed",
+    );
+    expect(res.stderr).toContain("could not expire a carve");
   });
 
   it("keeps carves younger than CARVE_RETENTION_DAYS", async () => {
