@@ -411,6 +411,17 @@ describe("3. the archive", () => {
 });
 
 describe("logging", () => {
+  // At debug every request is logged (the Express path): the scan covers the most log output there is.
+  let production: TestService;
+  beforeAll(async () => {
+    production = svc;
+    svc = await startTestService({ CARVE_MAX_BLOCK_SIZE: "4MiB", CARVE_MAX_CARVE_SIZE: "64MiB", LOG_LEVEL: "debug" });
+  });
+  afterAll(async () => {
+    await svc.dispose();
+    svc = production;
+  });
+
   it("never writes node keys, Authorization headers or block data to the log", async () => {
     const secretKey = `NODEKEY-${randomUUID()}`;
     const bytes = randomBytes(2048);

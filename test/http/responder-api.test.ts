@@ -183,7 +183,8 @@ let receivingId: string;
 
 beforeAll(async () => {
   double = await startVaultDouble();
-  svc = await startTestService({ VAULT_ADDR: double.url, CARVE_VAULT_TIMEOUT_MS: "1000" });
+  // debug: the secret scan at the end reads every request's log line
+  svc = await startTestService({ VAULT_ADDR: double.url, CARVE_VAULT_TIMEOUT_MS: "1000", LOG_LEVEL: "debug" });
   services.push(svc);
   work = await mkdtemp(path.join(tmpdir(), "responder-"));
   reader = newToken("reader", READ);
