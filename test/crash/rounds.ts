@@ -14,7 +14,7 @@
  * and so the exact interleaving, still varies).
  */
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { writeFile } from "node:fs/promises";
+import { rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { runCarve, type CarveResult } from "../../scripts/emulator/index.js";
@@ -257,7 +257,7 @@ export async function runRound(plan: RoundPlan, env: RoundEnv): Promise<RoundOut
       plan.agents.map(async (a, i) => {
         const bytes = randomBytes(a.carveSize);
         files[i] = bytes;
-        const file = path.join(env.work, `${randomUUID()}.bin`);
+        const file = path.join(env.work, `${path.basename(dir)}-${i}.bin`);
         await writeFile(file, bytes);
         const carveId = randomUUID();
         expectedById.set(carveId, sha(bytes));
@@ -423,6 +423,10 @@ export async function runRound(plan: RoundPlan, env: RoundEnv): Promise<RoundOut
       await mc.close();
     }
     await layout.close();
+    // A long soak keeps the disk it started with.
+    await rm(dir, { recursive: true, force: true });
+    await rm(configFile, { force: true });
+    for (let i = 0; i < plan.agents.length; i++) await rm(path.join(env.work, `${path.basename(dir)}-${i}.bin`), { force: true });
   }
   if (problems.length > 0) fail(problems.join("\n"));
   return {
