@@ -153,7 +153,8 @@ export async function runRound(plan: RoundPlan, env: RoundEnv): Promise<RoundOut
   const importSha = sha(importBytes);
 
   const start = async (extra: Record<string, string>): Promise<ChildService> => {
-    const c = await spawnService({ ...base, ...extra }, 30_000);
+    // 60 s: on a machine loaded far beyond its cores, a start-up alone has taken over 30 s.
+    const c = await spawnService({ ...base, ...extra }, 60_000);
     outputs.push(c.output);
     child = c;
     return c;
@@ -190,6 +191,8 @@ export async function runRound(plan: RoundPlan, env: RoundEnv): Promise<RoundOut
         publishedProblems(snap, "right after the crash");
         await start(extra);
       });
+      // Awaited (and so reported) in the finally below; handled now so a failed restart is no unhandled rejection.
+      restart.catch(() => undefined);
     });
     try {
       return await work();
