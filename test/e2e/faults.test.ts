@@ -205,7 +205,9 @@ describe("kill -9 while a GridFS carve is being completed", { concurrent: true }
     const uri = inject("mongoUri");
     const database = `carve_faults_${randomBytes(6).toString("hex")}`;
     const env = { CARVE_PORT: String(await freePort()), LOG_LEVEL: "info", ...gridfsEnv(uri, database) };
-    let svc = await spawnServiceWith({ env });
+    // The first process kills itself right after claiming the completion and hashing (crash point
+    // complete.after-hash): no race with how fast the completion runs.
+    let svc = await spawnServiceWith({ env: { ...env, CARVE_CRASH_AT: "complete.after-hash:1" } });
     const client = await MongoClient.connect(uri);
     onTestFinished(async () => {
       await stopChild(svc, "SIGKILL");
@@ -215,9 +217,13 @@ describe("kill -9 while a GridFS carve is being completed", { concurrent: true }
     const sessions = client.db(database).collection<{ _id: string; status: string }>("carves.sessions");
     const bytes = randomBytes(64 * 65536 - 10);
     const carveId = randomUUID();
-    let restarted: Promise<WrappedChildService> | null = null;
-    let seen: string[] = [];
-    let watch: Promise<void> | null = null;
+    const first = svc;
+    let statusAtCrash: string | undefined;
+    const restarted = first.exited.then(async () => {
+      statusAtCrash = (await sessions.findOne({ _id: carveId }, { projection: { status: 1 } }))?.status;
+      return spawnServiceWith({ env });
+    });
+    restarted.catch(() => undefined);
     const result = await runCarve({
       baseUrl: svc.url,
       ...ENDPOINTS,
@@ -225,30 +231,10 @@ describe("kill -9 while a GridFS carve is being completed", { concurrent: true }
       blockSize: 65536,
       carveId,
       agentVersion: "5.23.0",
-      onRequest: (r) => {
-        // From the second-to-last block on, watch the session: kill as soon as the completion is claimed.
-        if (r.kind !== "block" || r.blockId !== 62 || !r.ok || watch) return;
-        watch = (async () => {
-          const deadline = Date.now() + 20_000;
-          while (Date.now() < deadline) {
-            const doc = await sessions.findOne({ _id: carveId }, { projection: { status: 1 } });
-            seen = [...seen.filter((s) => s !== doc?.status), doc?.status ?? "none"];
-            if (doc?.status === "completing") {
-              svc.proc.kill("SIGKILL");
-              restarted = svc.exited.then(() => spawnServiceWith({ env }));
-              restarted.catch(() => undefined);
-              return;
-            }
-            if (doc?.status === "complete") return;
-          }
-        })().catch((err: unknown) => {
-          seen.push(`watch failed: ${String(err)}`);
-        });
-      },
     });
-    await (watch as Promise<void> | null);
-    expect(restarted, `never saw the completion in progress (statuses seen: ${seen.join(", ")})`).not.toBeNull();
-    svc = await (restarted as unknown as Promise<WrappedChildService>);
+    svc = await restarted;
+    expect(first.output.join("")).toContain("crash-point: SIGKILL at complete.after-hash");
+    expect(statusAtCrash, "the claim the dead process left").toBe("completing");
     expect.soft(result.status, describeRequests(result.requests)).toBe("SUCCESS");
     const after = await sessions.findOne({ _id: carveId }, { projection: { status: 1 } });
     expect(after?.status, "the carve's status once the agent is done").toBe("complete");
