@@ -231,6 +231,8 @@ export async function startService(options: StartOptions): Promise<RunningServic
     stopping ??= (async () => {
       shuttingDown = true;
       logger.info("shutting down: no new connections, waiting for in-flight requests");
+      // No retention run may start while the connections drain; one in progress is awaited below.
+      const retentionStopped = retention?.stop();
       for (const w of watchers) w.close();
       const closed = Promise.all(listeners.map((l) => new Promise<void>((resolve) => l.server.close(() => resolve()))));
       // Keep-alive connections become idle as their last request finishes: close them as they do.
@@ -250,7 +252,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       }
       clearTimeout(timer);
       clearInterval(sweep);
-      await retention?.stop(); // a run in progress finishes its current carve first
+      await retentionStopped; // a run in progress finishes its current carve first
       await store.close();
       await authorizer.close();
       logger.info("stopped");
