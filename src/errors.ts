@@ -28,6 +28,7 @@ export const ERROR_CODES = {
   // generic HTTP
   BODY_TOO_LARGE: { status: 413, message: "request body too large" },
   INVALID_JSON: { status: 400, message: "request body is not valid JSON" },
+  REQUEST_TIMEOUT: { status: 408, message: "the request body stopped arriving or arrives too slowly" },
   NOT_FOUND: { status: 404, message: "no such endpoint" },
   INVALID_QUERY: { status: 400, message: "invalid query" },
   CARVE_NOT_FOUND: { status: 404, message: "no such carve" },
