@@ -35,6 +35,8 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
   CARVE_MAX_RECEIVING_CARVES: ["agent", "maxReceivingCarves"],
   CARVE_MAX_RECEIVING_CARVES_PER_AGENT: ["agent", "maxReceivingCarvesPerAgent"],
   CARVE_MAX_IMPORT_SIZE: ["import", "maxSize"],
+  CARVE_LISTING_MAX_MEMBERS: ["listing", "maxMembers"],
+  CARVE_LISTING_MAX_BYTES: ["listing", "maxBytesExamined"],
   CARVE_STORAGE: ["storage", "backend"],
   CARVE_DATA_DIR: ["storage", "filesystem", "dataDir"],
   CARVE_FSYNC_EACH_BLOCK: ["storage", "filesystem", "fsyncEachBlock"],

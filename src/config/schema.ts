@@ -150,6 +150,14 @@ export const configSchema = z
         maxSize: byteSize(1, HARD_MAX_CARVE_SIZE).default(4 * 1024 ** 3),
       })
       .prefault({}),
+    listing: z
+      .strictObject({
+        /** The files endpoint lists at most this many members of an archive (truncatedReason max-members). */
+        maxMembers: z.coerce.number().int().min(1).max(1_000_000).default(100_000),
+        /** ... and reads at most this many (decompressed) bytes of it (truncatedReason max-bytes-examined). */
+        maxBytesExamined: byteSize(1024, HARD_MAX_CARVE_SIZE * 16).default(8 * 1024 ** 3),
+      })
+      .prefault({}),
     storage: z
       .strictObject({
         backend: z.enum(["filesystem", "gridfs"]).default("filesystem"),

@@ -4,8 +4,9 @@ import { sendRange } from "./send-archive.js";
 import express, { type Request, type RequestHandler, type Response, type Router } from "express";
 import type { AuthQuestion, Authorizer } from "../auth/authorizer.js";
 import { tokenFromHeaders } from "../auth/token.js";
-import { listTar, TarFormatError, type TarListing } from "../carves/tar-listing.js";
+import { TarFormatError, type ListingLimits } from "../carves/tar-listing.js";
 import { zstdDecompress, ZstdFormatError } from "../carves/zstd-stream.js";
+import { FilesLister } from "./files-listing.js";
 import { AppError, isAppError, safeErrorFields, type ErrorCode } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
@@ -45,6 +46,8 @@ export interface ResponderDeps {
   maxImportSize: number;
   now?: () => Date;
   metrics?: Metrics | undefined;
+  /** Bounds of the files endpoint's tar listing (config `listing`). */
+  listing?: Partial<ListingLimits>;
 }
 
 /** The files endpoint lists at most this many members (and says so when there are more). */
@@ -122,6 +125,7 @@ export function responderRouter(deps: ResponderDeps): Router {
   const now = deps.now ?? (() => new Date());
   const logger = deps.logger.child({ component: "responder" });
   const audit = new AuditTrail(store, deps.logger.child({ component: "audit" }), now);
+  const files = new FilesLister(store, { maxMembers: MAX_LISTED_MEMBERS, ...deps.listing });
   const router = express.Router();
 
   router.use(["/api/v1", "/file_request"], (_req, res, next) => {
@@ -395,24 +399,16 @@ export function responderRouter(deps: ResponderDeps): Router {
             `status ${viewStatus(record, now())}, ${record.blocksReceived} of ${record.blockCount} blocks received`,
           );
         }
-        const handle = await store.openArchive(carveId);
-        let listing: TarListing;
-        try {
-          const source = handle.record.compression === "zstd" ? zstdDecompress(handle.stream) : (handle.stream as AsyncIterable<Buffer>);
-          listing = await listTar(source, { maxMembers: MAX_LISTED_MEMBERS });
-        } catch (err) {
-          if (err instanceof TarFormatError || err instanceof ZstdFormatError || isAppError(err)) throw err;
-          throw new AppError("STORAGE_UNAVAILABLE", "archive stream failed", { cause: err });
-        } finally {
-          handle.stream.destroy();
-        }
+        const listing = await files.list(carveId, record.sha256);
         ctx.detail.members = listing.members.length;
+        if (listing.truncatedReason) ctx.detail.truncatedReason = listing.truncatedReason;
         ctx.res.json({
           carveId,
-          sha256: handle.record.sha256,
-          compression: handle.record.compression,
+          sha256: listing.sha256,
+          compression: listing.compression,
           memberCount: listing.members.length,
           truncated: listing.truncated,
+          truncatedReason: listing.truncatedReason,
           endOfArchive: listing.endMarker,
           members: listing.members,
         });

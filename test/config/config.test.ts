@@ -57,6 +57,7 @@ describe("configuration", () => {
         requireSameCertificate: false,
       },
       import: { maxSize: 4 * 1024 ** 3 },
+      listing: { maxMembers: 100_000, maxBytesExamined: 8 * 1024 ** 3 },
       storage: {
         backend: "filesystem",
         filesystem: { dataDir: "./data", fsyncEachBlock: false, minFreeBytes: 1024 ** 3 },
