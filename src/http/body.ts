@@ -185,3 +185,15 @@ export function tooDeeplyNested(raw: Buffer, from = 0, to = raw.length): boolean
   }
   return false;
 }
+
+/** Reads a small request body; the body holds a token, so it is never logged nor echoed. */
+export async function readSmallBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new AppError("BODY_TOO_LARGE");
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}

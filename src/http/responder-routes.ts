@@ -13,7 +13,10 @@ import type { Metrics } from "../metrics.js";
 import type { AuditActor, AuditEvent, ByteRange, CarveRecord, CarveStore, ListQuery } from "../storage/carve-store.js";
 import { sendJsonError } from "./app.js";
 import { resolveClient, type ClientInfo } from "./client-identity.js";
+import { readSmallBody } from "./body.js";
+import { redactQuery } from "./logging.js";
 import { ifRangeAllows, parseRangeHeader } from "./http-range.js";
+import { registerHoldRoutes } from "./hold-routes.js";
 import { registerImportRoutes } from "./import-routes.js";
 import { AuditTrail, NO_ACTOR, type AuditDetail } from "./responder-audit.js";
 import {
@@ -50,7 +53,7 @@ export interface ResponderDeps {
   listing?: Partial<ListingLimits>;
 }
 
-/** The files endpoint lists at most this many members (and says so when there are more). */
+/** The files endpoint lists at most this many members by default (config `listing.maxMembers`). */
 export const MAX_LISTED_MEMBERS = 100_000;
 /** A node-filtered listing scans at most this many carves per request before returning a partial page. */
 const NODE_FILTER_SCAN = 5000;
@@ -81,10 +84,7 @@ export interface EndpointTarget {
   carveId: string | null;
 }
 
-function headerOf(req: IncomingMessage, name: string): string | undefined {
-  const v = req.headers[name];
-  return Array.isArray(v) ? v.join(", ") : v;
-}
+const headerOf = (req: IncomingMessage, name: string): string | undefined => [req.headers[name] ?? []].flat().join(", ") || undefined;
 
 /** Authorize, run, answer errors in one JSON shape, and audit: the frame of every responder endpoint. */
 export type Endpoint = (
@@ -101,18 +101,6 @@ function carveTarget(req: Request, action: "read" | "delete" | "hold"): Target {
   const carveId = String(req.params.carve_id ?? "");
   if (!CARVE_ID.test(carveId)) return { token, question: null, carveId: null };
   return { token, question: { action, carveId }, carveId };
-}
-
-/** Reads a small request body; the body holds a token, so it is never logged nor echoed. */
-async function readSmallBody(req: Request, limit: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) throw new AppError("BODY_TOO_LARGE");
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
 }
 
 /**
@@ -345,7 +333,8 @@ export function responderRouter(deps: ResponderDeps): Router {
         }
         const at = now();
         ctx.detail.count = carves.length;
-        ctx.detail.query = new URLSearchParams(ctx.req.url.split("?")[1] ?? "").toString().slice(0, 300) || null;
+        // Logged with the audit event: values of anything but our own parameters (a `token=`) are redacted.
+        ctx.detail.query = redactQuery(new URLSearchParams(ctx.req.url.split("?")[1] ?? "").toString()).slice(0, 300) || null;
         ctx.res.json({ carves: carves.map((c) => carveSummary(c, at, deps.expiry)), nextCursor });
       },
     ),
@@ -438,44 +427,7 @@ export function responderRouter(deps: ResponderDeps): Router {
   );
 
   // --- PUT / DELETE /api/v1/carves/:carve_id/hold (legal hold) ----------------------------------------------
-  router.put(
-    "/api/v1/carves/:carve_id/hold",
-    endpoint(
-      "carve.hold",
-      (req) => carveTarget(req, "hold"),
-      async (ctx) => {
-        parseWith(noQuery, ctx.req.query);
-        const raw = await readSmallBody(ctx.req, 16 * 1024);
-        let reason: unknown;
-        try {
-          reason = (JSON.parse(raw.toString("utf8") || "{}") as { reason?: unknown }).reason;
-        } catch {
-          throw new AppError("INVALID_QUERY", 'body must be JSON: {"reason": "..."}');
-        }
-        if (typeof reason !== "string" || reason.trim() === "" || reason.length > 1000) {
-          throw new AppError("INVALID_QUERY", 'a hold needs {"reason": "<1-1000 characters>"}');
-        }
-        const by = ctx.actor.displayName ?? ctx.actor.entityId ?? "unknown";
-        const record = await store.setHold(ctx.carveId as string, { by, reason: reason.trim(), at: now() });
-        ctx.detail.reason = reason.trim();
-        ctx.res.json({ carveId: record.carveId, hold: record.hold ? { ...record.hold, at: record.hold.at.toISOString() } : null });
-      },
-    ),
-  );
-  router.delete(
-    "/api/v1/carves/:carve_id/hold",
-    endpoint(
-      "carve.release",
-      (req) => carveTarget(req, "hold"),
-      async (ctx) => {
-        parseWith(noQuery, ctx.req.query);
-        const before = await store.getCarve(ctx.carveId as string);
-        ctx.detail.previousReason = before.hold?.reason ?? null;
-        const record = await store.setHold(ctx.carveId as string, null);
-        ctx.res.json({ carveId: record.carveId, hold: null });
-      },
-    ),
-  );
+  registerHoldRoutes(router, { store, endpoint, now, target: (req) => carveTarget(req, "hold"), readBody: readSmallBody });
 
   // --- GET /api/v1/audit -----------------------------------------------------------------------------------
   router.get(

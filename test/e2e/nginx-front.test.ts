@@ -969,12 +969,12 @@ describe("--tls_node_api on the service itself (no NGINX)", () => {
     expect(serviceLogsContain(key.slice(0, 40))).toBe(false);
   });
 
-  it("masks the first segment of POSTed paths unless they are agent endpoints or the service's own routes", () => {
+  it("masks the first segment of paths unless they are agent endpoints or the service's own routes", () => {
     const known = ["/start_uploads", "/upload_blocks"];
     expect(maskNodeKeyInUrl("/abc/start_uploads", known)).toBe("/[node-key]/start_uploads");
     expect(maskNodeKeyInUrl("/abc/", known)).toBe("/[node-key]/");
     expect(maskNodeKeyInUrl("/abc", known)).toBe("/[node-key]");
-    expect(maskNodeKeyInUrl("/abc/upload_blocks?x=1", known)).toBe("/[node-key]/upload_blocks?x=1");
+    expect(maskNodeKeyInUrl("/abc/upload_blocks?x=1", known)).toBe("/[node-key]/upload_blocks?x=[redacted]");
     expect(maskNodeKeyInUrl("/start_uploads", known)).toBe("/start_uploads");
     expect(maskNodeKeyInUrl("/start_uploads%20", known)).toBe("/start_uploads%20"); // a mistyped flag stays readable
     expect(maskNodeKeyInUrl("/", known)).toBe("/");
@@ -982,6 +982,6 @@ describe("--tls_node_api on the service itself (no NGINX)", () => {
     expect(maskNodeKeyInUrl("/api/v1/carves/x/download", known)).toBe("/api/v1/carves/x/download");
     expect(maskNodeKeyInUrl("/carve/start", ["/carve/start"])).toBe("/carve/start");
     expect(maskNodeKeyInUrl("/k/carve/start", ["/carve/start"])).toBe("/[node-key]/carve/start");
-    expect(maskNodeKeyInUrl("/whatever/path", known, "GET")).toBe("/whatever/path"); // osquery only POSTs
+    expect(maskNodeKeyInUrl("/whatever/path", known)).toBe("/[node-key]/path"); // every method: the safe side
   });
 });
