@@ -118,6 +118,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       maxReceiving: config.agent.maxReceivingCarves,
       maxReceivingPerAgent: config.agent.maxReceivingCarvesPerAgent,
       activeWithinMs: config.retention.abandonedAfterHours * 3_600_000,
+      firstBlockWithinMs: config.agent.firstBlockWithinSeconds * 1000,
     },
     requireSameCertificate: config.agent.requireSameCertificate,
     logger: logger.child({ component: "carves" }),

@@ -38,12 +38,19 @@ export interface CarveLimits {
   maxReceiving?: number;
   maxReceivingPerAgent?: number;
   activeWithinMs?: number;
+  /**
+   * A carve that received no block within this long of its start stops counting towards the caps (osquery
+   * sends its first block right after the start): starts that never send a block cannot lock agents out.
+   */
+  firstBlockWithinMs?: number;
 }
 
-/** Who an agent is, for per-agent limits: its certificate, else its node key, else its address. */
-export function agentKeyOf(agent: AgentInfo, nodeKey: string): string {
+/**
+ * Who an agent is, for per-agent limits: its verified certificate, else its address. Never the node key: without
+ * a certificate it is whatever the client sends, and distinct keys would each get their own cap.
+ */
+export function agentKeyOf(agent: AgentInfo): string {
   if (agent.certificate) return `cert:${agent.certificate.fingerprintSha256}`;
-  if (nodeKey) return `node:${nodeKey}`;
   return `addr:${agent.address ?? "unknown"}`;
 }
 
@@ -161,11 +168,15 @@ export class CarveService {
     if (!maxReceiving && !maxReceivingPerAgent) return;
     const cap = Math.max(maxReceiving ?? 0, maxReceivingPerAgent ?? 0);
     const page = await this.deps.store.listCarves({ status: "receiving", limit: Math.max(cap, 1) * 4 + 1 });
-    const since = Date.now() - (activeWithinMs ?? Number.POSITIVE_INFINITY);
-    const active = page.carves.filter((c) => c.updatedAt.getTime() >= since);
-    if (active.some((c) => c.carveId === cmd.carveId)) return; // a retried start: let the store answer it
-    const me = agentKeyOf(cmd.agent, cmd.nodeKey);
-    const mine = active.filter((c) => agentKeyOf(c.agent, c.nodeKey) === me).length;
+    const now = Date.now();
+    const since = now - (activeWithinMs ?? Number.POSITIVE_INFINITY);
+    const unstartedBefore = now - (this.deps.limits.firstBlockWithinMs ?? Number.POSITIVE_INFINITY);
+    if (page.carves.some((c) => c.carveId === cmd.carveId)) return; // a retried start: let the store answer it
+    const active = page.carves.filter(
+      (c) => c.updatedAt.getTime() >= since && !(c.blocksReceived === 0 && c.createdAt.getTime() < unstartedBefore),
+    );
+    const me = agentKeyOf(cmd.agent);
+    const mine = active.filter((c) => agentKeyOf(c.agent) === me).length;
     if (maxReceivingPerAgent && mine >= maxReceivingPerAgent) {
       this.deps.logger.warn({ carveId: cmd.carveId, receiving: mine }, "start refused: per-agent carve limit");
       throw new AppError("TOO_MANY_CARVES_FOR_AGENT", `${mine} carves already being received from this agent`);

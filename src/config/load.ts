@@ -34,6 +34,7 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
   CARVE_MIN_BODY_RATE_WINDOW_SECONDS: ["agent", "minBodyRateWindowSeconds"],
   CARVE_MAX_RECEIVING_CARVES: ["agent", "maxReceivingCarves"],
   CARVE_MAX_RECEIVING_CARVES_PER_AGENT: ["agent", "maxReceivingCarvesPerAgent"],
+  CARVE_FIRST_BLOCK_WITHIN_SECONDS: ["agent", "firstBlockWithinSeconds"],
   CARVE_MAX_IMPORT_SIZE: ["import", "maxSize"],
   CARVE_LISTING_MAX_MEMBERS: ["listing", "maxMembers"],
   CARVE_LISTING_MAX_BYTES: ["listing", "maxBytesExamined"],

@@ -138,8 +138,10 @@ export const configSchema = z
         minBodyRateWindowSeconds: z.coerce.number().int().min(1).max(3600).default(20),
         /** Carves being received at once (0: no limit); a start beyond it gets a JSON 429. */
         maxReceivingCarves: z.coerce.number().int().min(0).max(1_000_000).default(1000),
-        /** Carves being received at once from one agent (certificate, else node key, else address). */
+        /** Carves being received at once from one agent (its certificate, else its address; never the node key). */
         maxReceivingCarvesPerAgent: z.coerce.number().int().min(0).max(100_000).default(20),
+        /** A carve with no block this many seconds after its start no longer counts towards the two caps. */
+        firstBlockWithinSeconds: z.coerce.number().int().min(1).max(86_400).default(600),
         /** Refuse blocks that come with another client certificate than the session's start did. */
         requireSameCertificate: z.boolean().default(false),
       })

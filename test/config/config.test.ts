@@ -54,6 +54,7 @@ describe("configuration", () => {
         minBodyRateWindowSeconds: 20,
         maxReceivingCarves: 1000,
         maxReceivingCarvesPerAgent: 20,
+        firstBlockWithinSeconds: 600,
         requireSameCertificate: false,
       },
       import: { maxSize: 4 * 1024 ** 3 },
