@@ -62,8 +62,9 @@ function tlsFilesOf(config: Config, which: "main" | "responder"): TlsFiles | nul
  * Node answers a request timeout or an unparsable request itself, with an empty body, which osquery counts
  * as success: answer with a non-JSON body instead, so an agent retries or stops.
  */
-function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-  if (!socket.writable || err.code === "ECONNRESET") {
+function answerClientError(err: NodeJS.ErrnoException & { library?: string }, socket: Duplex): void {
+  // TLS failures (a handshake timeout, an OpenSSL error) come here too: no HTTP can be spoken on that socket.
+  if (!socket.writable || err.code === "ECONNRESET" || err.code?.startsWith("ERR_TLS") || err.library !== undefined) {
     socket.destroy();
     return;
   }

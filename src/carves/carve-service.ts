@@ -106,8 +106,14 @@ export class CarveService {
     }
     if (limits.minFreeBytes !== undefined && limits.minFreeBytes > 0) {
       const free = await this.deps.store.freeBytes();
-      if (free !== null && free - cmd.carveSize < limits.minFreeBytes) {
-        this.deps.logger.warn({ carveId: cmd.carveId, carveSize: cmd.carveSize, freeBytes: free }, "start refused: storage almost full");
+      // Carves in progress will still write what they declared: that space is reserved, or three starts that
+      // each fit alone would all be accepted and fail half-way on a full disk.
+      const reserved = free === null ? 0 : await this.reservedBytes(cmd.carveId);
+      if (free !== null && free - reserved - cmd.carveSize < limits.minFreeBytes) {
+        this.deps.logger.warn(
+          { carveId: cmd.carveId, carveSize: cmd.carveSize, freeBytes: free, reservedBytes: reserved },
+          "start refused: storage almost full",
+        );
         throw new AppError("INSUFFICIENT_STORAGE", `${cmd.carveSize} bytes would leave less than the configured minimum free`);
       }
     }
@@ -155,6 +161,25 @@ export class CarveService {
       "carve session started",
     );
     return { session, created: true };
+  }
+
+  /**
+   * Bytes still to come for carves being received (declared size minus bytes received), except `carveId`'s own
+   * (a retried start). Carves idle past `activeWithinMs` are abandoned and reserve nothing.
+   */
+  private async reservedBytes(carveId: string): Promise<number> {
+    const since = Date.now() - (this.deps.limits.activeWithinMs ?? Number.POSITIVE_INFINITY);
+    let reserved = 0;
+    let cursor: string | undefined;
+    for (let pages = 0; pages < 20; pages++) {
+      const page = await this.deps.store.listCarves({ status: "receiving", limit: 1000, ...(cursor ? { cursor } : {}) });
+      for (const c of page.carves) {
+        if (c.carveId !== carveId && c.updatedAt.getTime() >= since) reserved += Math.max(0, c.carveSize - c.bytesReceived);
+      }
+      if (page.nextCursor === null) break;
+      cursor = page.nextCursor;
+    }
+    return reserved;
   }
 
   /**

@@ -36,6 +36,7 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
   CARVE_MAX_RECEIVING_CARVES_PER_AGENT: ["agent", "maxReceivingCarvesPerAgent"],
   CARVE_FIRST_BLOCK_WITHIN_SECONDS: ["agent", "firstBlockWithinSeconds"],
   CARVE_MAX_IMPORT_SIZE: ["import", "maxSize"],
+  CARVE_AUDIT_UNAUTHENTICATED_WINDOW_SECONDS: ["audit", "unauthenticatedWindowSeconds"],
   CARVE_LISTING_MAX_MEMBERS: ["listing", "maxMembers"],
   CARVE_LISTING_MAX_BYTES: ["listing", "maxBytesExamined"],
   CARVE_STORAGE: ["storage", "backend"],

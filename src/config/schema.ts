@@ -152,6 +152,15 @@ export const configSchema = z
         maxSize: byteSize(1, HARD_MAX_CARVE_SIZE).default(4 * 1024 ** 3),
       })
       .prefault({}),
+    audit: z
+      .strictObject({
+        /**
+         * Requests without a valid token are audited once per client address and window: the first as it
+         * happens, the rest as one `auth.failures` event with their count. 0 audits every one.
+         */
+        unauthenticatedWindowSeconds: z.coerce.number().int().min(0).max(86_400).default(60),
+      })
+      .prefault({}),
     listing: z
       .strictObject({
         /** The files endpoint lists at most this many members of an archive (truncatedReason max-members). */

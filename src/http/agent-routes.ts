@@ -6,7 +6,7 @@ import type { Logger } from "../logger.js";
 import { refuseNonJson, refuseStart, replyBlockAccepted, replyStartAccepted } from "./agent-reply.js";
 import { blockBodySchema, describeIssues, startBodySchema, type BlockBody } from "./agent-schemas.js";
 import { fastBlockBody, MAX_JSON_DEPTH, readBody, tooDeeplyNested, type BudgetCharge } from "./body.js";
-import type { BodyWatch } from "./body-watch.js";
+import { answerTimeout, type BodyWatch } from "./body-watch.js";
 import { resolveClient } from "./client-identity.js";
 import { ByteBudget } from "../util/byte-budget.js";
 import { BufferPool } from "../util/buffer-pool.js";
@@ -246,9 +246,14 @@ export function agentEndpoints(
         metrics?.inflightBytes.set(budget.inUse);
       } catch (err) {
         const e = err instanceof AppError ? err : new AppError("INVALID_BLOCK");
-        // Cut off by the progress watch (or the client left): it already answered, or nobody is listening.
+        if (e.code === "REQUEST_TIMEOUT") {
+          // Cut off by the progress watch: a non-JSON 408 (agents count it as failure), then the connection closes.
+          logRefusal(ctx, route === "auto" ? "unknown" : route, e);
+          answerTimeout(req, res, e.detail === "idle" ? "idle" : "too-slow");
+          return;
+        }
         if (res.headersSent || res.destroyed) {
-          logRefusal(ctx, route === "auto" ? "unknown" : route, new AppError("REQUEST_TIMEOUT", e.detail));
+          logRefusal(ctx, route === "auto" ? "unknown" : route, e);
           return;
         }
         logRefusal(ctx, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));

@@ -125,6 +125,7 @@ function buildApp(deps: AppDeps): { app: Express; fastBlocks: AgentEndpoints["fa
       isTrustedProxy: proxyMatcher(config.server.trustedProxies),
       expiry: { retentionDays: config.retention.days, abandonedAfterSeconds: config.retention.abandonedAfterHours * 3600 },
       maxImportSize: config.import.maxSize,
+      unauthenticatedAuditWindowMs: config.audit.unauthenticatedWindowSeconds * 1000,
       listing: { maxMembers: config.listing.maxMembers, maxBytesExamined: config.listing.maxBytesExamined },
       metrics: deps.metrics,
       ...(deps.now ? { now: deps.now } : {}),

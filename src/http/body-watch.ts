@@ -133,24 +133,35 @@ export class BodyWatch {
         "request cut off: its body stopped moving",
       );
       if (e.onTimeout) e.onTimeout(reason);
-      else answerTimeout(e.res, reason);
+      else answerTimeout(e.req, e.res, reason);
     }
   }
 }
 
-/** Text an agent counts as failure (not JSON), then the connection is closed: the rest of the body is unread. */
-export function answerTimeout(res: ServerResponse, reason: TimeoutReason): void {
-  const socket = res.socket;
+export function timeoutMessage(reason: TimeoutReason): string {
+  return reason === "idle" ? "the request stopped arriving" : "the request body arrives too slowly";
+}
+
+/**
+ * Text an agent counts as failure (not JSON), then the request is destroyed: the rest of its body is never
+ * read, and whoever still reads it gets an error instead of waiting forever (a request whose reply is finished
+ * never emits 'close' on its own).
+ */
+export function answerTimeout(req: IncomingMessage, res: ServerResponse, reason: TimeoutReason): void {
+  const end = (): void => {
+    req.destroy();
+    res.socket?.destroy();
+  };
   if (!res.headersSent && !res.writableEnded) {
-    const body = `refused: REQUEST_TIMEOUT: ${reason === "idle" ? "the request stopped arriving" : "the request body arrives too slowly"}\n`;
+    const body = `refused: REQUEST_TIMEOUT: ${timeoutMessage(reason)}\n`;
     res.statusCode = 408;
     res.setHeader("Content-Type", "text/plain; charset=utf-8");
     res.setHeader("Content-Length", Buffer.byteLength(body));
     res.setHeader("Connection", "close");
-    res.end(body, () => socket?.destroy());
+    res.end(body, end);
     // A client that does not read its reply must not keep the socket either.
-    setTimeout(() => socket?.destroy(), 2000).unref();
+    setTimeout(end, 2000).unref();
     return;
   }
-  socket?.destroy();
+  end();
 }

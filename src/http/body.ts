@@ -114,6 +114,8 @@ export async function readBody(req: IncomingMessage, limit: number, options: Rea
       resolve();
       return;
     }
+    // Cut off by the progress watch: the reader answers (REQUEST_TIMEOUT), then the connection is closed.
+    watch?.onTimeout(req, (reason) => fail(new AppError("REQUEST_TIMEOUT", reason)));
     if (req.destroyed) {
       fail(new Error("request closed before its body was read"));
       return;

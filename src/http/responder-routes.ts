@@ -49,6 +49,8 @@ export interface ResponderDeps {
   maxImportSize: number;
   now?: () => Date;
   metrics?: Metrics | undefined;
+  /** Repeated unauthenticated failures per client are audited once per window (config `audit`). */
+  unauthenticatedAuditWindowMs?: number;
   /** Bounds of the files endpoint's tar listing (config `listing`). */
   listing?: Partial<ListingLimits>;
 }
@@ -112,7 +114,7 @@ export function responderRouter(deps: ResponderDeps): Router {
   const { store, authorizer } = deps;
   const now = deps.now ?? (() => new Date());
   const logger = deps.logger.child({ component: "responder" });
-  const audit = new AuditTrail(store, deps.logger.child({ component: "audit" }), now);
+  const audit = new AuditTrail(store, deps.logger.child({ component: "audit" }), now, deps.unauthenticatedAuditWindowMs);
   const files = new FilesLister(store, { maxMembers: MAX_LISTED_MEMBERS, ...deps.listing });
   const router = express.Router();
 

@@ -58,6 +58,7 @@ describe("configuration", () => {
         requireSameCertificate: false,
       },
       import: { maxSize: 4 * 1024 ** 3 },
+      audit: { unauthenticatedWindowSeconds: 60 },
       listing: { maxMembers: 100_000, maxBytesExamined: 8 * 1024 ** 3 },
       storage: {
         backend: "filesystem",
