@@ -28,11 +28,13 @@ export const ERROR_CODES = {
   // generic HTTP
   BODY_TOO_LARGE: { status: 413, message: "request body too large" },
   INVALID_JSON: { status: 400, message: "request body is not valid JSON" },
+  REQUEST_TIMEOUT: { status: 408, message: "the request body stopped arriving or arrives too slowly" },
   NOT_FOUND: { status: 404, message: "no such endpoint" },
   INVALID_QUERY: { status: 400, message: "invalid query" },
   CARVE_NOT_FOUND: { status: 404, message: "no such carve" },
   CARVE_NOT_COMPLETE: { status: 409, message: "carve is not complete" },
   CARVE_ON_HOLD: { status: 409, message: "carve is under legal hold" },
+  HOLD_EXISTS: { status: 409, message: "carve is already under legal hold; the hold in place is kept" },
   IMPORT_TOO_LARGE: { status: 413, message: "imported file exceeds the configured maximum size" },
   IMPORT_HASH_MISMATCH: { status: 422, message: "imported file does not match the expected sha256; nothing was kept" },
   IMPORT_EMPTY: { status: 400, message: "imported file is empty" },

@@ -10,6 +10,9 @@ import { retentionOptionsOf } from "./jobs/retention-config.js";
 import type { Config } from "./config/schema.js";
 import { safeErrorFields } from "./errors.js";
 import { createRequestHandler } from "./http/app.js";
+import { BodyWatch } from "./http/body-watch.js";
+import { proxyMatcher } from "./http/client-identity.js";
+import { ConnectionGuard } from "./http/connection-guard.js";
 import { createTlsServer, reloadTls, type TlsFiles } from "./http/tls.js";
 import type { Logger } from "./logger.js";
 import type { CarveStore } from "./storage/carve-store.js";
@@ -42,6 +45,7 @@ export interface StartOptions {
 
 interface Listener {
   name: "main" | "responder";
+  guard: ConnectionGuard;
   server: http.Server | https.Server;
   tls: TlsFiles | null;
   url: string;
@@ -58,8 +62,9 @@ function tlsFilesOf(config: Config, which: "main" | "responder"): TlsFiles | nul
  * Node answers a request timeout or an unparsable request itself, with an empty body, which osquery counts
  * as success: answer with a non-JSON body instead, so an agent retries or stops.
  */
-function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-  if (!socket.writable || err.code === "ECONNRESET") {
+function answerClientError(err: NodeJS.ErrnoException & { library?: string }, socket: Duplex): void {
+  // TLS failures (a handshake timeout, an OpenSSL error) come here too: no HTTP can be spoken on that socket.
+  if (!socket.writable || err.code === "ECONNRESET" || err.code?.startsWith("ERR_TLS") || err.library !== undefined) {
     socket.destroy();
     return;
   }
@@ -114,12 +119,20 @@ export async function startService(options: StartOptions): Promise<RunningServic
       maxReceiving: config.agent.maxReceivingCarves,
       maxReceivingPerAgent: config.agent.maxReceivingCarvesPerAgent,
       activeWithinMs: config.retention.abandonedAfterHours * 3_600_000,
+      firstBlockWithinMs: config.agent.firstBlockWithinSeconds * 1000,
     },
     requireSameCertificate: config.agent.requireSameCertificate,
     logger: logger.child({ component: "carves" }),
   });
   const separateResponder = config.server.responder.port !== undefined;
   const metrics = new Metrics();
+  const bodyWatch = new BodyWatch({
+    idleMs: config.server.requestTimeoutSeconds * 1000,
+    minBytesPerSecond: config.agent.minBodyBytesPerSecond,
+    windowMs: config.agent.minBodyRateWindowSeconds * 1000,
+    logger: logger.child({ component: "http" }),
+  });
+  const isTrustedProxy = proxyMatcher(config.server.trustedProxies);
   const appFor = (surfaces: { agent: boolean; responder: boolean }) =>
     createRequestHandler({
       config,
@@ -130,6 +143,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       isShuttingDown: () => shuttingDown,
       surfaces,
       metrics,
+      bodyWatch,
       ...(options.now ? { now: options.now } : {}),
     });
 
@@ -142,18 +156,29 @@ export async function startService(options: StartOptions): Promise<RunningServic
   ): Promise<void> => {
     const app = appFor(surfaces);
     const tls = tlsFilesOf(config, name);
-    // Request timeouts are checked every second (Node's default is every 30 s).
-    const serverOptions = { connectionsCheckingInterval: 1000 };
+    // Header timeouts are checked every second (Node's default is every 30 s).
+    const serverOptions = { connectionsCheckingInterval: 1000, handshakeTimeout: config.server.tlsHandshakeTimeoutSeconds * 1000 };
     const server = tls ? createTlsServer(app, tls, serverOptions) : http.createServer(serverOptions, app);
     server.on("clientError", (err: NodeJS.ErrnoException, socket) => answerClientError(err, socket));
-    server.requestTimeout = config.server.requestTimeoutSeconds * 1000;
-    server.headersTimeout = Math.min(30_000, server.requestTimeout);
+    const guard = new ConnectionGuard({
+      maxConnections: config.server.maxConnections,
+      maxPerAddress: config.server.maxConnectionsPerAddress,
+      isTrustedProxy,
+      logger,
+      listener: name,
+    });
+    guard.attach(server);
+    server.prependListener("request", (req: http.IncomingMessage) => guard.noteRequest(req.socket));
+    // Bodies are timed by progress (BodyWatch), not by Node's fixed request deadline: a large upload that
+    // keeps moving is never cut off. Headers still have a fixed deadline.
+    server.requestTimeout = 0;
+    server.headersTimeout = config.server.headersTimeoutSeconds * 1000;
     // Longer than NGINX's upstream keepalive_timeout default (60 s) so NGINX closes idle connections first.
     server.keepAliveTimeout = 65_000;
     const bound = await listen(server, port, host);
     const shownHost = host.includes(":") ? `[${host}]` : host;
     const url = `${tls ? "https" : "http"}://${shownHost}:${bound}`;
-    listeners.push({ name, server, tls, url, port: bound });
+    listeners.push({ name, guard, server, tls, url, port: bound });
     logger.info(
       {
         listener: name,
@@ -236,7 +261,11 @@ export async function startService(options: StartOptions): Promise<RunningServic
       for (const w of watchers) w.close();
       const closed = Promise.all(listeners.map((l) => new Promise<void>((resolve) => l.server.close(() => resolve()))));
       // Keep-alive connections become idle as their last request finishes: close them as they do.
-      const sweepAll = (): void => listeners.forEach((l) => l.server.closeIdleConnections());
+      const sweepAll = (): void =>
+        listeners.forEach((l) => {
+          l.server.closeIdleConnections();
+          l.guard.destroyNeverUsed(); // idle before or in the TLS handshake: HTTP does not know them
+        });
       sweepAll();
       const sweep = setInterval(sweepAll, 100);
       const grace = config.server.shutdownGraceSeconds * 1000;
@@ -247,11 +276,15 @@ export async function startService(options: StartOptions): Promise<RunningServic
       });
       if ((await Promise.race([closed, timedOut])) === "timeout") {
         logger.warn({ graceSeconds: config.server.shutdownGraceSeconds }, "grace period over: closing connections");
-        listeners.forEach((l) => l.server.closeAllConnections());
+        listeners.forEach((l) => {
+          l.server.closeAllConnections();
+          l.guard.destroyAll();
+        });
         await closed;
       }
       clearTimeout(timer);
       clearInterval(sweep);
+      bodyWatch.stop();
       await retentionStopped; // a run in progress finishes its current carve first
       await store.close();
       await authorizer.close();

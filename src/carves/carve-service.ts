@@ -38,12 +38,19 @@ export interface CarveLimits {
   maxReceiving?: number;
   maxReceivingPerAgent?: number;
   activeWithinMs?: number;
+  /**
+   * A carve that received no block within this long of its start stops counting towards the caps (osquery
+   * sends its first block right after the start): starts that never send a block cannot lock agents out.
+   */
+  firstBlockWithinMs?: number;
 }
 
-/** Who an agent is, for per-agent limits: its certificate, else its node key, else its address. */
-export function agentKeyOf(agent: AgentInfo, nodeKey: string): string {
+/**
+ * Who an agent is, for per-agent limits: its verified certificate, else its address. Never the node key: without
+ * a certificate it is whatever the client sends, and distinct keys would each get their own cap.
+ */
+export function agentKeyOf(agent: AgentInfo): string {
   if (agent.certificate) return `cert:${agent.certificate.fingerprintSha256}`;
-  if (nodeKey) return `node:${nodeKey}`;
   return `addr:${agent.address ?? "unknown"}`;
 }
 
@@ -99,8 +106,14 @@ export class CarveService {
     }
     if (limits.minFreeBytes !== undefined && limits.minFreeBytes > 0) {
       const free = await this.deps.store.freeBytes();
-      if (free !== null && free - cmd.carveSize < limits.minFreeBytes) {
-        this.deps.logger.warn({ carveId: cmd.carveId, carveSize: cmd.carveSize, freeBytes: free }, "start refused: storage almost full");
+      // Carves in progress will still write what they declared: that space is reserved, or three starts that
+      // each fit alone would all be accepted and fail half-way on a full disk.
+      const reserved = free === null ? 0 : await this.reservedBytes(cmd.carveId);
+      if (free !== null && free - reserved - cmd.carveSize < limits.minFreeBytes) {
+        this.deps.logger.warn(
+          { carveId: cmd.carveId, carveSize: cmd.carveSize, freeBytes: free, reservedBytes: reserved },
+          "start refused: storage almost full",
+        );
         throw new AppError("INSUFFICIENT_STORAGE", `${cmd.carveSize} bytes would leave less than the configured minimum free`);
       }
     }
@@ -151,6 +164,25 @@ export class CarveService {
   }
 
   /**
+   * Bytes still to come for carves being received (declared size minus bytes received), except `carveId`'s own
+   * (a retried start). Carves idle past `activeWithinMs` are abandoned and reserve nothing.
+   */
+  private async reservedBytes(carveId: string): Promise<number> {
+    const since = Date.now() - (this.deps.limits.activeWithinMs ?? Number.POSITIVE_INFINITY);
+    let reserved = 0;
+    let cursor: string | undefined;
+    for (let pages = 0; pages < 20; pages++) {
+      const page = await this.deps.store.listCarves({ status: "receiving", limit: 1000, ...(cursor ? { cursor } : {}) });
+      for (const c of page.carves) {
+        if (c.carveId !== carveId && c.updatedAt.getTime() >= since) reserved += Math.max(0, c.carveSize - c.bytesReceived);
+      }
+      if (page.nextCursor === null) break;
+      cursor = page.nextCursor;
+    }
+    return reserved;
+  }
+
+  /**
    * Limits that protect the server: carves being received at once, in all and per agent. Carves idle for
    * longer than `activeWithinMs` (abandoned, awaiting retention) do not count; a retried start of a carve
    * that is already receiving is never refused. Approximate under concurrent starts (a soft limit).
@@ -161,11 +193,15 @@ export class CarveService {
     if (!maxReceiving && !maxReceivingPerAgent) return;
     const cap = Math.max(maxReceiving ?? 0, maxReceivingPerAgent ?? 0);
     const page = await this.deps.store.listCarves({ status: "receiving", limit: Math.max(cap, 1) * 4 + 1 });
-    const since = Date.now() - (activeWithinMs ?? Number.POSITIVE_INFINITY);
-    const active = page.carves.filter((c) => c.updatedAt.getTime() >= since);
-    if (active.some((c) => c.carveId === cmd.carveId)) return; // a retried start: let the store answer it
-    const me = agentKeyOf(cmd.agent, cmd.nodeKey);
-    const mine = active.filter((c) => agentKeyOf(c.agent, c.nodeKey) === me).length;
+    const now = Date.now();
+    const since = now - (activeWithinMs ?? Number.POSITIVE_INFINITY);
+    const unstartedBefore = now - (this.deps.limits.firstBlockWithinMs ?? Number.POSITIVE_INFINITY);
+    if (page.carves.some((c) => c.carveId === cmd.carveId)) return; // a retried start: let the store answer it
+    const active = page.carves.filter(
+      (c) => c.updatedAt.getTime() >= since && !(c.blocksReceived === 0 && c.createdAt.getTime() < unstartedBefore),
+    );
+    const me = agentKeyOf(cmd.agent);
+    const mine = active.filter((c) => agentKeyOf(c.agent) === me).length;
     if (maxReceivingPerAgent && mine >= maxReceivingPerAgent) {
       this.deps.logger.warn({ carveId: cmd.carveId, receiving: mine }, "start refused: per-agent carve limit");
       throw new AppError("TOO_MANY_CARVES_FOR_AGENT", `${mine} carves already being received from this agent`);

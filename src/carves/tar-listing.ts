@@ -36,10 +36,31 @@ export interface TarMember {
   sha256: string | null;
 }
 
+/** Why a listing stopped before the end of the archive. */
+export type TruncatedReason = "max-members" | "max-bytes-examined" | "max-name-bytes" | "extended-header-too-large" | "too-many-pax-keys";
+
+export interface ListingLimits {
+  /** Members listed at most. */
+  maxMembers: number;
+  /** Bytes of tar stream (decompressed) read at most: a 135 KB zstd can expand to 4 GiB. Default 8 GiB. */
+  maxBytesExamined?: number;
+  /** Bytes of member names and link targets listed at most, all members together (bounds the reply). */
+  maxNameBytes?: number;
+}
+
+export const DEFAULT_MAX_BYTES_EXAMINED = 8 * 1024 ** 3;
+export const DEFAULT_MAX_NAME_BYTES = 16 * 1024 * 1024;
+
+/** Largest pax / GNU long-name header read (PATH_MAX is 4096; one member's whole pax record set fits). */
+export const MAX_EXTENDED_HEADER = 64 * 1024;
+/** Distinct keys a global pax header set may hold (osquery writes none; 88k keys once cost minutes). */
+export const MAX_GLOBAL_PAX_KEYS = 256;
+
 export interface TarListing {
   members: TarMember[];
-  /** More members than `maxMembers`: the list stops there (and reading stops too). */
+  /** The list stopped before the archive's end at a bound (`truncatedReason` says which); reading stopped too. */
   truncated: boolean;
+  truncatedReason: TruncatedReason | null;
   /** The archive ended with its end-of-archive zero block (false: it just stopped at a member boundary). */
   endMarker: boolean;
 }
@@ -54,16 +75,33 @@ export class TarFormatError extends Error {
   }
 }
 
+/** Work done between two yields to the event loop: listing a hostile archive must not stall other requests. */
+const SLICE_MS = 10;
+
+/** Lets the event loop run other requests when this listing has had the thread for SLICE_MS. */
+export class Slicer {
+  private since = performance.now();
+  async maybeYield(): Promise<void> {
+    if (performance.now() - this.since < SLICE_MS) return;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    this.since = performance.now();
+  }
+}
+
 /** Pulls exact byte counts out of an async iterable of chunks, holding at most one chunk. */
 class ByteReader {
   private pending: Buffer = Buffer.alloc(0);
   private ended = false;
   offset = 0;
 
-  constructor(private readonly it: AsyncIterator<Buffer | Uint8Array>) {}
+  constructor(
+    private readonly it: AsyncIterator<Buffer | Uint8Array>,
+    private readonly slicer: Slicer,
+  ) {}
 
   private async more(): Promise<boolean> {
     if (this.ended) return false;
+    await this.slicer.maybeYield();
     const next = await this.it.next();
     if (next.done) {
       this.ended = true;
@@ -168,26 +206,43 @@ function parsePax(data: Buffer, offset: number): Map<string, string> {
   return records;
 }
 
-function paxNumber(records: Map<string, string>, key: string, offset: number): number | undefined {
-  const v = records.get(key);
+function paxNumber(v: string | undefined, key: string, offset: number): number | undefined {
   if (v === undefined) return undefined;
   if (!/^\d{1,16}$/.test(v)) throw new TarFormatError(`bad pax ${key}`, offset);
   return Number(v);
 }
 
-function paxTimeMs(records: Map<string, string>, key: string, offset: number): number | undefined {
-  const v = records.get(key);
+function paxTimeMs(v: string | undefined, key: string, offset: number): number | undefined {
   if (v === undefined) return undefined;
   if (!/^-?\d{1,16}(\.\d{0,9})?$/.test(v)) throw new TarFormatError(`bad pax ${key}`, offset);
   return Math.round(Number(v) * 1000);
 }
 
-/** `[<dir>/]osquery_carve_<guid>/<rest>`: the first such directory is osquery's temp copy of the host's `/`. */
-const OSQUERY_CARVE_DIR = /^(?:.*?\/)?osquery_carve_[^/]+\/+(.+)$/s;
+const CARVE_DIR_PREFIX = "osquery_carve_";
 
+/**
+ * `[<dir>/]osquery_carve_<guid>/<rest>` -> `/<rest>`: the first such directory is osquery's temp copy of the
+ * host's `/`. One pass over the name (a backtracking regex was quadratic on crafted names).
+ */
 export function originalPathOf(name: string): string | null {
-  const m = OSQUERY_CARVE_DIR.exec(name);
-  return m?.[1] ? `/${m[1]}` : null;
+  for (let at = name.indexOf(CARVE_DIR_PREFIX); at !== -1; at = name.indexOf(CARVE_DIR_PREFIX, at + 1)) {
+    if (at > 0 && name[at - 1] !== "/") continue;
+    const slash = name.indexOf("/", at + CARVE_DIR_PREFIX.length);
+    if (slash === -1) return null; // no later occurrence can have a slash after it either
+    if (slash === at + CARVE_DIR_PREFIX.length) continue; // empty guid
+    let rest = slash;
+    while (name[rest] === "/") rest++;
+    if (rest < name.length) return `/${name.slice(rest)}`;
+    return null;
+  }
+  return null;
+}
+
+/** `name` without its trailing slashes, in linear time (`/\/+$/` is quadratic on "////...x"). */
+function stripTrailingSlashes(name: string): string {
+  let end = name.length;
+  while (end > 0 && name.charCodeAt(end - 1) === 0x2f) end--;
+  return name.slice(0, end);
 }
 
 function memberType(typeflag: string, name: string): TarMemberType {
@@ -209,30 +264,43 @@ function memberType(typeflag: string, name: string): TarMemberType {
 }
 
 /**
- * Reads a tar stream to its end-of-archive block (or its end) and lists its members.
- * Stops reading after `maxMembers` members (listing.truncated).
+ * Reads a tar stream to its end-of-archive block (or its end) and lists its members, within `limits`: at a
+ * bound the listing stops and says why (truncated + truncatedReason). Linear in the bytes read, and it yields
+ * the event loop every few milliseconds.
  * @throws TarFormatError when the data is not a tar, or is damaged or truncated.
  */
-export async function listTar(source: AsyncIterable<Buffer | Uint8Array>, options: { maxMembers: number }): Promise<TarListing> {
+export async function listTar(source: AsyncIterable<Buffer | Uint8Array>, options: ListingLimits): Promise<TarListing> {
+  const limits = {
+    maxMembers: options.maxMembers,
+    maxBytesExamined: options.maxBytesExamined ?? DEFAULT_MAX_BYTES_EXAMINED,
+    maxNameBytes: options.maxNameBytes ?? DEFAULT_MAX_NAME_BYTES,
+  };
   const it = source[Symbol.asyncIterator]();
-  const reader = new ByteReader(it);
+  const slicer = new Slicer();
+  const reader = new ByteReader(it, slicer);
   const members: TarMember[] = [];
   const globalPax = new Map<string, string>();
   let localPax: Map<string, string> | null = null;
   let longName: string | null = null;
   let longLink: string | null = null;
   let headers = 0;
+  let nameBytes = 0;
+  const stop = (reason: TruncatedReason): TarListing => ({ members, truncated: true, truncatedReason: reason, endMarker: false });
+  // Local pax records override global ones; looked up in both instead of merging a copy per member.
+  const paxGet = (key: string): string | undefined => localPax?.get(key) ?? globalPax.get(key);
   try {
     for (;;) {
+      await slicer.maybeYield();
       const at = reader.offset;
+      if (at >= limits.maxBytesExamined) return stop("max-bytes-examined");
       const header = await reader.read(BLOCK);
       if (header === null) {
         if (headers === 0) throw new TarFormatError("empty file: not a tar archive", 0);
         if (localPax || longName !== null || longLink !== null) throw new TarFormatError("archive ends after an extended header", at);
-        return { members, truncated: false, endMarker: false };
+        return { members, truncated: false, truncatedReason: null, endMarker: false };
       }
       // End of archive. (osquery's carve of nothing is just two zero blocks: a valid, empty archive.)
-      if (header.every((b) => b === 0)) return { members, truncated: false, endMarker: true };
+      if (header.every((b) => b === 0)) return { members, truncated: false, truncatedReason: null, endMarker: true };
       if (!checksumMatches(header, at)) {
         throw new TarFormatError(headers === 0 ? "not a tar archive" : `damaged tar header at byte ${at}`, at);
       }
@@ -241,39 +309,43 @@ export async function listTar(source: AsyncIterable<Buffer | Uint8Array>, option
       let size = numberField(header.subarray(124, 136), "size", at);
 
       if (typeflag === "x" || typeflag === "g" || typeflag === "L" || typeflag === "K") {
-        if (size > 1024 * 1024) throw new TarFormatError(`extended header of ${size} bytes`, at);
+        if (size > MAX_EXTENDED_HEADER) return stop("extended-header-too-large");
         const data = size === 0 ? Buffer.alloc(0) : await reader.read(size);
         if (data === null) throw new TarFormatError("archive ends in an extended header", at);
         await reader.consume((BLOCK - (size % BLOCK)) % BLOCK);
         if (typeflag === "x") localPax = parsePax(data, at);
-        else if (typeflag === "g") for (const [k, v] of parsePax(data, at)) globalPax.set(k, v);
-        else if (typeflag === "L") longName = cString(data);
+        else if (typeflag === "g") {
+          for (const [k, v] of parsePax(data, at)) globalPax.set(k, v);
+          if (globalPax.size > MAX_GLOBAL_PAX_KEYS) return stop("too-many-pax-keys");
+        } else if (typeflag === "L") longName = cString(data);
         else longLink = cString(data);
         continue;
       }
 
-      const pax = new Map([...globalPax, ...(localPax ?? [])]);
-      localPax = null;
       const magic = header.subarray(257, 263).toString("latin1");
       const posixUstar = magic === "ustar\0";
       const baseName = cString(header.subarray(0, 100));
       const prefix = posixUstar ? cString(header.subarray(345, 500)) : "";
-      let name = pax.get("path") ?? longName ?? (prefix !== "" ? `${prefix}/${baseName}` : baseName);
-      const linkTarget = pax.get("linkpath") ?? longLink ?? cString(header.subarray(157, 257));
+      let name = paxGet("path") ?? longName ?? (prefix !== "" ? `${prefix}/${baseName}` : baseName);
+      const linkTarget = paxGet("linkpath") ?? longLink ?? cString(header.subarray(157, 257));
       longName = null;
       longLink = null;
-      size = paxNumber(pax, "size", at) ?? size;
+      size = paxNumber(paxGet("size"), "size", at) ?? size;
       const mode = numberField(header.subarray(100, 108), "mode", at);
-      const uid = paxNumber(pax, "uid", at) ?? numberField(header.subarray(108, 116), "uid", at);
-      const gid = paxNumber(pax, "gid", at) ?? numberField(header.subarray(116, 124), "gid", at);
-      const mtimeMs = paxTimeMs(pax, "mtime", at) ?? numberField(header.subarray(136, 148), "mtime", at) * 1000;
-      const uname = pax.get("uname") ?? (magic.startsWith("ustar") ? cString(header.subarray(265, 297)) : "");
-      const gname = pax.get("gname") ?? (magic.startsWith("ustar") ? cString(header.subarray(297, 329)) : "");
+      const uid = paxNumber(paxGet("uid"), "uid", at) ?? numberField(header.subarray(108, 116), "uid", at);
+      const gid = paxNumber(paxGet("gid"), "gid", at) ?? numberField(header.subarray(116, 124), "gid", at);
+      const mtimeMs = paxTimeMs(paxGet("mtime"), "mtime", at) ?? numberField(header.subarray(136, 148), "mtime", at) * 1000;
+      const uname = paxGet("uname") ?? (magic.startsWith("ustar") ? cString(header.subarray(265, 297)) : "");
+      const gname = paxGet("gname") ?? (magic.startsWith("ustar") ? cString(header.subarray(297, 329)) : "");
+      localPax = null;
       const type = memberType(typeflag, name);
-      if (type === "directory") name = name.replace(/\/+$/, "") + "/";
+      if (type === "directory") name = stripTrailingSlashes(name) + "/";
+      nameBytes += name.length + (type === "symlink" || type === "hardlink" ? linkTarget.length : 0);
+      if (nameBytes > limits.maxNameBytes) return stop("max-name-bytes");
 
       // As GNU tar does: content follows for every type but directories (links and devices have size 0).
       const dataSize = typeflag === "5" ? 0 : size;
+      if (reader.offset + dataSize > limits.maxBytesExamined) return stop("max-bytes-examined");
       let sha256: string | null = null;
       if (type === "file") {
         const hash = createHash("sha256");
@@ -300,11 +372,11 @@ export async function listTar(source: AsyncIterable<Buffer | Uint8Array>, option
         linkTarget: type === "symlink" || type === "hardlink" ? linkTarget : null,
         sha256,
       });
-      if (members.length >= options.maxMembers) {
+      if (members.length >= limits.maxMembers) {
         // Is there anything after this member? Peek at one header block.
         const next = await reader.read(BLOCK);
         const more = next !== null && !next.every((b) => b === 0);
-        return { members, truncated: more, endMarker: !more && next !== null };
+        return { members, truncated: more, truncatedReason: more ? "max-members" : null, endMarker: !more && next !== null };
       }
     }
   } finally {

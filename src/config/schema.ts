@@ -49,6 +49,9 @@ export const HARD_MAX_CARVE_SIZE = 1024 ** 4;
 export const DEFAULT_IMPORT_POLICY = "osquery-carve-import";
 export const DEFAULT_IMPORT_PATH = "osquery-carves-import/import";
 
+/** Who is believed as a proxy by default when the service speaks plain HTTP (NGINX on the same host). */
+export const LOOPBACK_PROXIES: readonly string[] = ["127.0.0.1", "::1"];
+
 export const configSchema = z
   .strictObject({
     server: z
@@ -57,11 +60,24 @@ export const configSchema = z
         port: port.default(8000),
         /** Seconds in-flight requests get to finish after SIGTERM/SIGINT before connections are cut. */
         shutdownGraceSeconds: z.coerce.number().int().min(0).max(3600).default(30),
-        /** Seconds a client may take to send one request's headers and body (slow-loris guard). */
+        /**
+         * Seconds a request may go without a byte arriving before it is cut off (non-JSON 408). Progress-based:
+         * an upload that keeps moving is never cut off, however long it takes.
+         */
         requestTimeoutSeconds: z.coerce.number().int().min(1).max(3600).default(60),
+        /** Seconds a client gets to send a request's headers, from its connection or its previous request. */
+        headersTimeoutSeconds: z.coerce.number().int().min(1).max(3600).default(20),
+        /** Seconds a client gets to complete the TLS handshake (direct-TLS mode). */
+        tlsHandshakeTimeoutSeconds: z.coerce.number().int().min(1).max(600).default(10),
+        /** Open connections per listener; beyond it new connections are closed at once. */
+        maxConnections: z.coerce.number().int().min(1).max(1_000_000).default(4096),
+        /** Open connections per client address and listener (trusted proxies are exempt). */
+        maxConnectionsPerAddress: z.coerce.number().int().min(1).max(1_000_000).default(128),
         /**
          * Addresses (IPs or CIDRs) of the TLS proxies (NGINX) whose client-certificate headers and
-         * X-Forwarded-For are believed. Requests from anywhere else have those headers ignored.
+         * X-Forwarded-For are believed. Requests from anywhere else have those headers ignored. Unset: loopback
+         * (127.0.0.1, ::1) when the service speaks plain HTTP behind a local NGINX, and nobody when it
+         * terminates TLS itself (any local process could otherwise forge an agent's identity).
          */
         trustedProxies: stringList
           .refine(
@@ -76,7 +92,7 @@ export const configSchema = z
               }),
             { message: "each entry must be an IP address or CIDR (10.0.0.0/8, ::1)" },
           )
-          .default(["127.0.0.1", "::1"]),
+          .optional(),
         /**
          * HTTPS served by the service itself (no NGINX): PEM certificate and key. With a client CA, agents
          * must present a certificate from it: others are refused during the TLS handshake.
@@ -114,10 +130,18 @@ export const configSchema = z
          * requests beyond it wait, unread, so memory does not grow with the number of agents.
          */
         inflightBytes: byteSize(1024 * 1024, 4 * 1024 ** 3).default(16 * 1024 * 1024),
+        /**
+         * An agent body must bring at least this many bytes per second, measured over each window of
+         * `minBodyRateWindowSeconds`; a slower one is cut off (non-JSON 408). 0 disables the check.
+         */
+        minBodyBytesPerSecond: z.coerce.number().int().min(0).max(1024 ** 3).default(500),
+        minBodyRateWindowSeconds: z.coerce.number().int().min(1).max(3600).default(20),
         /** Carves being received at once (0: no limit); a start beyond it gets a JSON 429. */
         maxReceivingCarves: z.coerce.number().int().min(0).max(1_000_000).default(1000),
-        /** Carves being received at once from one agent (certificate, else node key, else address). */
+        /** Carves being received at once from one agent (its certificate, else its address; never the node key). */
         maxReceivingCarvesPerAgent: z.coerce.number().int().min(0).max(100_000).default(20),
+        /** A carve with no block this many seconds after its start no longer counts towards the two caps. */
+        firstBlockWithinSeconds: z.coerce.number().int().min(1).max(86_400).default(600),
         /** Refuse blocks that come with another client certificate than the session's start did. */
         requireSameCertificate: z.boolean().default(false),
       })
@@ -126,6 +150,23 @@ export const configSchema = z
       .strictObject({
         /** Largest archive a responder may import (POST /api/v1/carves/import); larger ones get 413, nothing kept. */
         maxSize: byteSize(1, HARD_MAX_CARVE_SIZE).default(4 * 1024 ** 3),
+      })
+      .prefault({}),
+    audit: z
+      .strictObject({
+        /**
+         * Requests without a valid token are audited once per client address and window: the first as it
+         * happens, the rest as one `auth.failures` event with their count. 0 audits every one.
+         */
+        unauthenticatedWindowSeconds: z.coerce.number().int().min(0).max(86_400).default(60),
+      })
+      .prefault({}),
+    listing: z
+      .strictObject({
+        /** The files endpoint lists at most this many members of an archive (truncatedReason max-members). */
+        maxMembers: z.coerce.number().int().min(1).max(1_000_000).default(100_000),
+        /** ... and reads at most this many (decompressed) bytes of it (truncatedReason max-bytes-examined). */
+        maxBytesExamined: byteSize(1024, HARD_MAX_CARVE_SIZE * 16).default(8 * 1024 ** 3),
       })
       .prefault({}),
     storage: z
@@ -250,7 +291,11 @@ export const configSchema = z
         message: "must differ from agent.startPath (leave both unset to use the defaults)",
       });
     }
-  });
+  })
+  .transform((c) => ({
+    ...c,
+    server: { ...c.server, trustedProxies: c.server.trustedProxies ?? (c.server.tls.cert ? [] : LOOPBACK_PROXIES) },
+  }));
 
 export type Config = z.output<typeof configSchema>;
 export type ConfigInput = z.input<typeof configSchema>;

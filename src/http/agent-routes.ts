@@ -5,7 +5,8 @@ import type { CarveService } from "../carves/carve-service.js";
 import type { Logger } from "../logger.js";
 import { refuseNonJson, refuseStart, replyBlockAccepted, replyStartAccepted } from "./agent-reply.js";
 import { blockBodySchema, describeIssues, startBodySchema, type BlockBody } from "./agent-schemas.js";
-import { fastBlockBody, readBody } from "./body.js";
+import { fastBlockBody, MAX_JSON_DEPTH, readBody, tooDeeplyNested, type BudgetCharge } from "./body.js";
+import { answerTimeout, type BodyWatch } from "./body-watch.js";
 import { resolveClient } from "./client-identity.js";
 import { ByteBudget } from "../util/byte-budget.js";
 import { BufferPool } from "../util/buffer-pool.js";
@@ -108,7 +109,14 @@ export interface AgentEndpoints {
 }
 
 export function agentEndpoints(
-  deps: { carves: CarveService; logger: Logger; metrics?: Metrics | undefined; isShuttingDown?: () => boolean },
+  deps: {
+    carves: CarveService;
+    logger: Logger;
+    metrics?: Metrics | undefined;
+    isShuttingDown?: () => boolean;
+    /** Progress-based timeouts; agent bodies are held to its minimum rate. */
+    bodyWatch?: BodyWatch | undefined;
+  },
   options: AgentRoutesOptions,
 ): AgentEndpoints {
   const metrics = deps.metrics;
@@ -220,30 +228,45 @@ export function agentEndpoints(
     pathNodeKey: string | undefined,
   ): Promise<void> => {
     const limit = route === "start" ? START_BODY_LIMIT : blockLimit;
-    const declared = Number(req.headers["content-length"]);
-    // osquery always sends Content-Length; a chunked body (other clients) is charged a nominal share and
-    // is still cut at the limit.
-    const share = Number.isFinite(declared) && declared >= 0 ? Math.min(declared, limit) : 64 * 1024;
-    const release = await budget.acquire(share);
-    metrics?.inflightBytes.set(budget.inUse);
+    // Bytes are charged as they arrive (body.ts): a body announcing a large Content-Length and trickling
+    // holds only what it sent, and the progress watch cuts it off once it falls under the minimum rate.
+    const charge: BudgetCharge = { budget, held: 0 };
+    deps.bodyWatch?.requireRate(req);
     let backing: Buffer | undefined;
     let reusable = true;
     try {
       let raw: Buffer;
       try {
         // The Content-Type is not trusted (agents send application/json, other clients may not).
-        ({ bytes: raw, backing } = await readBody(req, limit, route === "start" ? undefined : pool));
+        ({ bytes: raw, backing } = await readBody(req, limit, {
+          pool: route === "start" ? undefined : pool,
+          charge,
+          watch: deps.bodyWatch,
+        }));
+        metrics?.inflightBytes.set(budget.inUse);
       } catch (err) {
         const e = err instanceof AppError ? err : new AppError("INVALID_BLOCK");
+        if (e.code === "REQUEST_TIMEOUT") {
+          // Cut off by the progress watch: a non-JSON 408 (agents count it as failure), then the connection closes.
+          logRefusal(ctx, route === "auto" ? "unknown" : route, e);
+          answerTimeout(req, res, e.detail === "idle" ? "idle" : "too-slow");
+          return;
+        }
+        if (res.headersSent || res.destroyed) {
+          logRefusal(ctx, route === "auto" ? "unknown" : route, e);
+          return;
+        }
         logRefusal(ctx, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
         return;
       }
       let body: unknown = route === "start" ? null : fastBlockBody(raw);
       if (body === null) {
         try {
+          // osquery's bodies are flat: deep nesting is refused before JSON.parse spends seconds on it.
+          if (tooDeeplyNested(raw)) throw new AppError("INVALID_JSON", `nested deeper than ${MAX_JSON_DEPTH} levels`);
           body = JSON.parse(raw.toString("utf8"));
-        } catch {
-          const e = new AppError("INVALID_JSON");
+        } catch (err) {
+          const e = err instanceof AppError ? err : new AppError("INVALID_JSON");
           logRefusal(ctx, route === "auto" ? "unknown" : route, route === "start" ? refuseStart(res, e) : refuseNonJson(res, e));
           return;
         }
@@ -257,7 +280,7 @@ export function agentEndpoints(
       logRefusal(ctx, "unknown", refuseNonJson(res, new AppError("UNKNOWN_REQUEST")));
     } finally {
       if (backing && reusable) pool.release(backing);
-      release();
+      budget.give(charge.held);
       metrics?.inflightBytes.set(budget.inUse);
     }
   };

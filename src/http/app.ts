@@ -12,6 +12,7 @@ import { refuseNonJson } from "./agent-reply.js";
 import { healthRouter } from "./health-routes.js";
 import { httpLogger, requestIdOf } from "./logging.js";
 import type { Metrics } from "../metrics.js";
+import type { BodyWatch } from "./body-watch.js";
 import { responderRouter } from "./responder-routes.js";
 
 export interface AppDeps {
@@ -26,6 +27,8 @@ export interface AppDeps {
   /** Which endpoints this listener serves (default both): agents and responders may get separate ports. */
   surfaces?: { agent: boolean; responder: boolean };
   metrics?: Metrics;
+  /** Progress-based request timeouts: every request is watched until its body is complete. */
+  bodyWatch?: BodyWatch;
 }
 
 /** Responder-facing error shape: `{"error": {"code", "message", "requestId"}}`. */
@@ -43,8 +46,16 @@ export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void
  */
 export function createRequestHandler(deps: AppDeps): RequestHandler {
   const { app, fastBlocks } = buildApp(deps);
-  if (!fastBlocks) return app;
+  const watch = deps.bodyWatch;
+  if (!fastBlocks) {
+    if (!watch) return app;
+    return (req, res) => {
+      watch.watch(req, res);
+      app(req, res);
+    };
+  }
   return (req, res) => {
+    watch?.watch(req, res);
     fastBlocks(req, res, () => {
       app(req, res);
     });
@@ -67,7 +78,7 @@ function buildApp(deps: AppDeps): { app: Express; fastBlocks: AgentEndpoints["fa
   const surfaces = deps.surfaces ?? { agent: true, responder: true };
   const agent = surfaces.agent
     ? agentEndpoints(
-        { carves: deps.carves, logger: deps.logger, metrics: deps.metrics, isShuttingDown },
+        { carves: deps.carves, logger: deps.logger, metrics: deps.metrics, isShuttingDown, bodyWatch: deps.bodyWatch },
         {
           startPath: config.agent.startPath,
           continuePath: config.agent.continuePath,
@@ -114,6 +125,8 @@ function buildApp(deps: AppDeps): { app: Express; fastBlocks: AgentEndpoints["fa
       isTrustedProxy: proxyMatcher(config.server.trustedProxies),
       expiry: { retentionDays: config.retention.days, abandonedAfterSeconds: config.retention.abandonedAfterHours * 3600 },
       maxImportSize: config.import.maxSize,
+      unauthenticatedAuditWindowMs: config.audit.unauthenticatedWindowSeconds * 1000,
+      listing: { maxMembers: config.listing.maxMembers, maxBytesExamined: config.listing.maxBytesExamined },
       metrics: deps.metrics,
       ...(deps.now ? { now: deps.now } : {}),
     }),

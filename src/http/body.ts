@@ -1,6 +1,8 @@
 import type { IncomingMessage } from "node:http";
 import { AppError } from "../errors.js";
 import type { BufferPool } from "../util/buffer-pool.js";
+import type { ByteBudget } from "../util/byte-budget.js";
+import type { BodyWatch } from "./body-watch.js";
 
 export interface Body {
   /** The body's bytes. */
@@ -9,13 +11,29 @@ export interface Body {
   backing?: Buffer;
 }
 
+/** Bytes a body has taken from an in-flight budget; the caller gives `held` back once done with the body. */
+export interface BudgetCharge {
+  budget: ByteBudget;
+  held: number;
+}
+
+export interface ReadBodyOptions {
+  pool?: BufferPool | undefined;
+  /** Charge each chunk to this budget as it arrives, pausing the request while the budget is full. */
+  charge?: BudgetCharge | undefined;
+  /** Tells the progress watch when the request is paused for the budget (not the client's fault). */
+  watch?: BodyWatch | undefined;
+}
+
 /**
- * Reads a request body into one buffer, sized from Content-Length when the client sent it (osquery always
- * does), so the body is copied once; with a pool, that buffer is a reused one. Refuses bodies over `limit` before reading them (by Content-Length)
- * or as soon as they exceed it, and compressed bodies (osquery never compresses).
+ * Reads a request body into one buffer (with a pool, a reused one). The bytes are charged to the budget as
+ * they arrive, never by the declared Content-Length: a client announcing 11 MB and sending 1 byte a second
+ * holds one byte. Refuses bodies over `limit` before reading them (by Content-Length) or as soon as they
+ * exceed it, and compressed bodies (osquery never compresses).
  * @throws AppError BODY_TOO_LARGE, INVALID_BLOCK (unsupported encoding, body cut short)
  */
-export async function readBody(req: IncomingMessage, limit: number, pool?: BufferPool): Promise<Body> {
+export async function readBody(req: IncomingMessage, limit: number, options: ReadBodyOptions = {}): Promise<Body> {
+  const { pool, charge, watch } = options;
   const encoding = req.headers["content-encoding"];
   if (encoding !== undefined && encoding.toLowerCase() !== "identity") {
     req.resume();
@@ -26,75 +44,94 @@ export async function readBody(req: IncomingMessage, limit: number, pool?: Buffe
   if (length !== undefined && (!Number.isSafeInteger(length) || length < 0)) {
     throw new AppError("INVALID_BLOCK", "invalid Content-Length");
   }
-  if (length !== undefined && length > limit) {
-    req.resume(); // drain (bounded by the server's request timeout) so the reply can be read
+  const max = length ?? limit;
+  if (max > limit) {
+    req.resume(); // drain (bounded by the progress watch) so the reply can be read
     throw new AppError("BODY_TOO_LARGE");
   }
   const chunks: Buffer[] = [];
-  const backing = length !== undefined && pool ? pool.acquire(length) : undefined;
-  const fixed = length === undefined ? null : backing ? backing.subarray(0, length) : Buffer.allocUnsafe(length);
   let received = 0;
-  try {
-    // Plain listeners rather than `for await`: the async iterator's promises and bookkeeping were ~3% of
-    // the 8 KiB block path.
-    await new Promise<void>((resolve, reject) => {
-      const cleanup = (): void => {
-        req.off("data", onData);
-        req.off("end", onEnd);
-        req.off("error", onError);
-        req.off("close", onClose);
-      };
-      const onData = (chunk: Buffer): void => {
-        if (received + chunk.length > (fixed ? fixed.length : limit)) {
-          cleanup();
-          req.resume(); // drain the rest (bounded by the server's request timeout) so the reply can be read
-          reject(new AppError("BODY_TOO_LARGE"));
+  await new Promise<void>((resolve, reject) => {
+    let waiting = false;
+    let settled = false;
+    const cleanup = (): void => {
+      settled = true;
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.off("error", onError);
+      req.off("close", onClose);
+    };
+    const fail = (err: unknown): void => {
+      cleanup();
+      reject(err instanceof AppError ? err : new AppError("INVALID_BLOCK", "request body was cut short", { cause: err }));
+    };
+    const onData = (chunk: Buffer): void => {
+      if (received + chunk.length > max) {
+        cleanup();
+        req.resume(); // drain the rest (bounded by the progress watch) so the reply can be read
+        reject(new AppError(received + chunk.length > limit ? "BODY_TOO_LARGE" : "INVALID_BLOCK", length === undefined ? undefined : "body longer than Content-Length"));
+        return;
+      }
+      chunks.push(chunk);
+      received += chunk.length;
+      if (!charge) return;
+      const wait = charge.budget.take(chunk.length, charge.held);
+      if (wait === null) {
+        charge.held += chunk.length;
+        return;
+      }
+      // The budget is full: stop reading (TCP backpressure) until this chunk's bytes fit.
+      req.pause();
+      watch?.pause(req);
+      waiting = true;
+      void wait.then(() => {
+        if (settled) {
+          charge.budget.give(chunk.length); // the read failed meanwhile: nobody will give these back
           return;
         }
-        if (fixed) chunk.copy(fixed, received);
-        else chunks.push(chunk);
-        received += chunk.length;
-      };
-      const onEnd = (): void => {
-        cleanup();
-        resolve();
-      };
-      const onError = (err: Error): void => {
-        cleanup();
-        reject(err);
-      };
-      const onClose = (): void => {
-        // closed before 'end': the client went away mid-body
-        cleanup();
-        reject(new Error("request closed before its body ended"));
-      };
-      // Already over before we listen (the request waited for the in-flight budget meanwhile).
-      if (req.readableEnded) {
-        resolve();
-        return;
-      }
-      if (req.destroyed) {
-        reject(new Error("request closed before its body was read"));
-        return;
-      }
-      req.on("data", onData);
-      req.on("end", onEnd);
-      req.on("error", onError);
-      req.on("close", onClose);
-    });
-  } catch (err) {
-    if (backing) pool?.release(backing); // nothing kept a reference: the body was only being copied in
-    if (err instanceof AppError) throw err;
-    throw new AppError("INVALID_BLOCK", "request body was cut short", { cause: err });
-  }
-  if (fixed) {
-    if (received !== fixed.length) {
-      if (backing) pool?.release(backing);
-      throw new AppError("INVALID_BLOCK", "request body shorter than Content-Length");
+        charge.held += chunk.length;
+        waiting = false;
+        watch?.resume(req);
+        if (ended) {
+          cleanup();
+          resolve();
+        } else req.resume();
+      });
+    };
+    let ended = false;
+    const onEnd = (): void => {
+      ended = true;
+      if (waiting) return;
+      cleanup();
+      resolve();
+    };
+    const onError = (err: Error): void => fail(err);
+    // closed before 'end': the client went away mid-body (or the progress watch cut it off)
+    const onClose = (): void => {
+      if (!ended) fail(new Error("request closed before its body ended"));
+    };
+    if (req.readableEnded) {
+      resolve();
+      return;
     }
-    return backing ? { bytes: fixed, backing } : { bytes: fixed };
-  }
-  return { bytes: Buffer.concat(chunks, received) };
+    // Cut off by the progress watch: the reader answers (REQUEST_TIMEOUT), then the connection is closed.
+    watch?.onTimeout(req, (reason) => fail(new AppError("REQUEST_TIMEOUT", reason)));
+    if (req.destroyed) {
+      fail(new Error("request closed before its body was read"));
+      return;
+    }
+    req.on("data", onData);
+    req.on("end", onEnd);
+    req.on("error", onError);
+    req.on("close", onClose);
+  });
+  if (length !== undefined && received !== length) throw new AppError("INVALID_BLOCK", "request body shorter than Content-Length");
+  if (!pool) return { bytes: chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, received) };
+  // One copy into a reused buffer, as the body's chunks were copied into one before: the chunks are garbage now.
+  const backing = pool.acquire(received);
+  let at = 0;
+  for (const c of chunks) at += c.copy(backing, at);
+  return { bytes: backing.subarray(0, received), backing };
 }
 
 const DATA_MARKER = Buffer.from(',"data":"');
@@ -114,6 +151,7 @@ export function fastBlockBody(raw: Buffer): Record<string, unknown> | null {
   // base64 never contains a quote or a backslash; if the region does, it is not a plain string value.
   const region = raw.subarray(dataStart, dataEnd);
   if (region.includes(0x22) || region.includes(0x5c)) return null;
+  if (tooDeeplyNested(raw, 0, at)) return null; // JSON.parse of the whole body refuses it
   let head: unknown;
   try {
     head = JSON.parse(`${raw.toString("utf8", 0, at)}}`);
@@ -123,4 +161,41 @@ export function fastBlockBody(raw: Buffer): Record<string, unknown> | null {
   if (typeof head !== "object" || head === null || Array.isArray(head)) return null;
   // The data key comes last in the text, so it wins over any earlier duplicate, as in JSON.parse.
   return { ...(head as Record<string, unknown>), data: region };
+}
+
+/** osquery's bodies are one flat object; nothing legitimate nests deeper than this. */
+export const MAX_JSON_DEPTH = 32;
+
+/**
+ * Whether JSON text opens more than MAX_JSON_DEPTH arrays/objects at once, in one linear pass that skips
+ * strings (a bracket inside a string is not nesting). JSON.parse of 8 MB of "[" costs seconds of CPU.
+ */
+export function tooDeeplyNested(raw: Buffer, from = 0, to = raw.length): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = from; i < to; i++) {
+    const c = raw[i] as number;
+    if (inString) {
+      if (c === 0x5c /* \ */) i++;
+      else if (c === 0x22) inString = false;
+      continue;
+    }
+    if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > MAX_JSON_DEPTH) return true;
+    } else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return false;
+}
+
+/** Reads a small request body; the body holds a token, so it is never logged nor echoed. */
+export async function readSmallBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new AppError("BODY_TOO_LARGE");
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
 }

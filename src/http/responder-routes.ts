@@ -4,15 +4,19 @@ import { sendRange } from "./send-archive.js";
 import express, { type Request, type RequestHandler, type Response, type Router } from "express";
 import type { AuthQuestion, Authorizer } from "../auth/authorizer.js";
 import { tokenFromHeaders } from "../auth/token.js";
-import { listTar, TarFormatError, type TarListing } from "../carves/tar-listing.js";
+import { TarFormatError, type ListingLimits } from "../carves/tar-listing.js";
 import { zstdDecompress, ZstdFormatError } from "../carves/zstd-stream.js";
+import { FilesLister } from "./files-listing.js";
 import { AppError, isAppError, safeErrorFields, type ErrorCode } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import type { AuditActor, AuditEvent, ByteRange, CarveRecord, CarveStore, ListQuery } from "../storage/carve-store.js";
 import { sendJsonError } from "./app.js";
 import { resolveClient, type ClientInfo } from "./client-identity.js";
+import { readSmallBody } from "./body.js";
+import { redactQuery } from "./logging.js";
 import { ifRangeAllows, parseRangeHeader } from "./http-range.js";
+import { registerHoldRoutes } from "./hold-routes.js";
 import { registerImportRoutes } from "./import-routes.js";
 import { AuditTrail, NO_ACTOR, type AuditDetail } from "./responder-audit.js";
 import {
@@ -45,9 +49,13 @@ export interface ResponderDeps {
   maxImportSize: number;
   now?: () => Date;
   metrics?: Metrics | undefined;
+  /** Repeated unauthenticated failures per client are audited once per window (config `audit`). */
+  unauthenticatedAuditWindowMs?: number;
+  /** Bounds of the files endpoint's tar listing (config `listing`). */
+  listing?: Partial<ListingLimits>;
 }
 
-/** The files endpoint lists at most this many members (and says so when there are more). */
+/** The files endpoint lists at most this many members by default (config `listing.maxMembers`). */
 export const MAX_LISTED_MEMBERS = 100_000;
 /** A node-filtered listing scans at most this many carves per request before returning a partial page. */
 const NODE_FILTER_SCAN = 5000;
@@ -78,10 +86,7 @@ export interface EndpointTarget {
   carveId: string | null;
 }
 
-function headerOf(req: IncomingMessage, name: string): string | undefined {
-  const v = req.headers[name];
-  return Array.isArray(v) ? v.join(", ") : v;
-}
+const headerOf = (req: IncomingMessage, name: string): string | undefined => [req.headers[name] ?? []].flat().join(", ") || undefined;
 
 /** Authorize, run, answer errors in one JSON shape, and audit: the frame of every responder endpoint. */
 export type Endpoint = (
@@ -100,18 +105,6 @@ function carveTarget(req: Request, action: "read" | "delete" | "hold"): Target {
   return { token, question: { action, carveId }, carveId };
 }
 
-/** Reads a small request body; the body holds a token, so it is never logged nor echoed. */
-async function readSmallBody(req: Request, limit: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) throw new AppError("BODY_TOO_LARGE");
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
-}
-
 /**
  * The responder API: Vault-authorized listing, metadata, download, file listing and deletion of carves, the
  * audit trail, and the seed server's POST /file_request. Every request, allowed or not, leaves one audit
@@ -121,7 +114,8 @@ export function responderRouter(deps: ResponderDeps): Router {
   const { store, authorizer } = deps;
   const now = deps.now ?? (() => new Date());
   const logger = deps.logger.child({ component: "responder" });
-  const audit = new AuditTrail(store, deps.logger.child({ component: "audit" }), now);
+  const audit = new AuditTrail(store, deps.logger.child({ component: "audit" }), now, deps.unauthenticatedAuditWindowMs);
+  const files = new FilesLister(store, { maxMembers: MAX_LISTED_MEMBERS, ...deps.listing });
   const router = express.Router();
 
   router.use(["/api/v1", "/file_request"], (_req, res, next) => {
@@ -341,7 +335,8 @@ export function responderRouter(deps: ResponderDeps): Router {
         }
         const at = now();
         ctx.detail.count = carves.length;
-        ctx.detail.query = new URLSearchParams(ctx.req.url.split("?")[1] ?? "").toString().slice(0, 300) || null;
+        // Logged with the audit event: values of anything but our own parameters (a `token=`) are redacted.
+        ctx.detail.query = redactQuery(new URLSearchParams(ctx.req.url.split("?")[1] ?? "").toString()).slice(0, 300) || null;
         ctx.res.json({ carves: carves.map((c) => carveSummary(c, at, deps.expiry)), nextCursor });
       },
     ),
@@ -395,24 +390,16 @@ export function responderRouter(deps: ResponderDeps): Router {
             `status ${viewStatus(record, now())}, ${record.blocksReceived} of ${record.blockCount} blocks received`,
           );
         }
-        const handle = await store.openArchive(carveId);
-        let listing: TarListing;
-        try {
-          const source = handle.record.compression === "zstd" ? zstdDecompress(handle.stream) : (handle.stream as AsyncIterable<Buffer>);
-          listing = await listTar(source, { maxMembers: MAX_LISTED_MEMBERS });
-        } catch (err) {
-          if (err instanceof TarFormatError || err instanceof ZstdFormatError || isAppError(err)) throw err;
-          throw new AppError("STORAGE_UNAVAILABLE", "archive stream failed", { cause: err });
-        } finally {
-          handle.stream.destroy();
-        }
+        const listing = await files.list(carveId, record.sha256);
         ctx.detail.members = listing.members.length;
+        if (listing.truncatedReason) ctx.detail.truncatedReason = listing.truncatedReason;
         ctx.res.json({
           carveId,
-          sha256: handle.record.sha256,
-          compression: handle.record.compression,
+          sha256: listing.sha256,
+          compression: listing.compression,
           memberCount: listing.members.length,
           truncated: listing.truncated,
+          truncatedReason: listing.truncatedReason,
           endOfArchive: listing.endMarker,
           members: listing.members,
         });
@@ -442,44 +429,7 @@ export function responderRouter(deps: ResponderDeps): Router {
   );
 
   // --- PUT / DELETE /api/v1/carves/:carve_id/hold (legal hold) ----------------------------------------------
-  router.put(
-    "/api/v1/carves/:carve_id/hold",
-    endpoint(
-      "carve.hold",
-      (req) => carveTarget(req, "hold"),
-      async (ctx) => {
-        parseWith(noQuery, ctx.req.query);
-        const raw = await readSmallBody(ctx.req, 16 * 1024);
-        let reason: unknown;
-        try {
-          reason = (JSON.parse(raw.toString("utf8") || "{}") as { reason?: unknown }).reason;
-        } catch {
-          throw new AppError("INVALID_QUERY", 'body must be JSON: {"reason": "..."}');
-        }
-        if (typeof reason !== "string" || reason.trim() === "" || reason.length > 1000) {
-          throw new AppError("INVALID_QUERY", 'a hold needs {"reason": "<1-1000 characters>"}');
-        }
-        const by = ctx.actor.displayName ?? ctx.actor.entityId ?? "unknown";
-        const record = await store.setHold(ctx.carveId as string, { by, reason: reason.trim(), at: now() });
-        ctx.detail.reason = reason.trim();
-        ctx.res.json({ carveId: record.carveId, hold: record.hold ? { ...record.hold, at: record.hold.at.toISOString() } : null });
-      },
-    ),
-  );
-  router.delete(
-    "/api/v1/carves/:carve_id/hold",
-    endpoint(
-      "carve.release",
-      (req) => carveTarget(req, "hold"),
-      async (ctx) => {
-        parseWith(noQuery, ctx.req.query);
-        const before = await store.getCarve(ctx.carveId as string);
-        ctx.detail.previousReason = before.hold?.reason ?? null;
-        const record = await store.setHold(ctx.carveId as string, null);
-        ctx.res.json({ carveId: record.carveId, hold: null });
-      },
-    ),
-  );
+  registerHoldRoutes(router, { store, endpoint, now, target: (req) => carveTarget(req, "hold"), readBody: readSmallBody });
 
   // --- GET /api/v1/audit -----------------------------------------------------------------------------------
   router.get(

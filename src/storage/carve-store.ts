@@ -92,6 +92,9 @@ export interface ImportSource {
   importedBy: { displayName: string | null; entityId: string | null };
 }
 
+/** Verifications a carve keeps: the newest; each verification is also in the audit trail. */
+export const MAX_VERIFICATIONS_KEPT = 100;
+
 /** A comparison of the stored SHA-256 with the one the host recorded (osquery's carves.sha256). */
 export interface Verification {
   claimedSha256: string;
@@ -286,7 +289,7 @@ export interface CarveStore {
    */
   importCarve(spec: ImportSpec, data: AsyncIterable<Buffer>, limits: ImportLimits): Promise<CarveRecord>;
 
-  /** Appends a verification result to a carve. @throws AppError CARVE_NOT_FOUND */
+  /** Appends a verification result to a carve, keeping the newest MAX_VERIFICATIONS_KEPT. @throws AppError CARVE_NOT_FOUND */
   recordVerification(carveId: string, verification: Verification): Promise<CarveRecord>;
 
   /** Places (hold) or lifts (null) a legal hold. @throws AppError CARVE_NOT_FOUND */

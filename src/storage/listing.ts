@@ -15,7 +15,9 @@ export function encodeCursor(record: CarveRecord): string {
 export function decodeCursor(cursor: string): Cursor {
   try {
     const v = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8")) as unknown;
-    if (v && typeof v === "object" && typeof (v as Cursor).t === "number" && typeof (v as Cursor).id === "string") {
+    // A time outside what a Date holds (t=1e400 parses as Infinity) is as bad as any other forged cursor.
+    const c = v as Partial<Cursor> | null;
+    if (c && typeof c === "object" && Number.isSafeInteger(c.t) && Math.abs(c.t as number) <= 8.64e15 && typeof c.id === "string" && c.id.length <= 128) {
       return v as Cursor;
     }
   } catch {

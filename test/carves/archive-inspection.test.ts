@@ -90,7 +90,7 @@ describe("tar listing", () => {
     expect(second % 512).toBeLessThan(100);
     damaged[second - (second % 512) + 100] = 0x39; // its mode field: the checksum no longer matches
     await expect(listTar(chunked(damaged), { maxMembers: 10 })).rejects.toThrow(/damaged tar header/);
-    expect(await listTar(chunked(Buffer.alloc(1024)), { maxMembers: 10 })).toEqual({ members: [], truncated: false, endMarker: true });
+    expect(await listTar(chunked(Buffer.alloc(1024)), { maxMembers: 10 })).toEqual({ members: [], truncated: false, truncatedReason: null, endMarker: true });
   });
 
   it("stops after maxMembers and says so", async () => {

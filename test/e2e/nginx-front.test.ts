@@ -15,6 +15,7 @@ import https from "node:https";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import tls from "node:tls";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildCarveArchive, runCarve, type CarveTlsOptions } from "../../scripts/emulator/index.js";
@@ -998,12 +999,12 @@ describe("--tls_node_api on the service itself (no NGINX)", () => {
     expect(serviceLogsContain(key.slice(0, 40))).toBe(false);
   });
 
-  it("masks the first segment of POSTed paths unless they are agent endpoints or the service's own routes", () => {
+  it("masks the first segment of paths unless they are agent endpoints or the service's own routes", () => {
     const known = ["/start_uploads", "/upload_blocks"];
     expect(maskNodeKeyInUrl("/abc/start_uploads", known)).toBe("/[node-key]/start_uploads");
     expect(maskNodeKeyInUrl("/abc/", known)).toBe("/[node-key]/");
     expect(maskNodeKeyInUrl("/abc", known)).toBe("/[node-key]");
-    expect(maskNodeKeyInUrl("/abc/upload_blocks?x=1", known)).toBe("/[node-key]/upload_blocks?x=1");
+    expect(maskNodeKeyInUrl("/abc/upload_blocks?x=1", known)).toBe("/[node-key]/upload_blocks?x=[redacted]");
     expect(maskNodeKeyInUrl("/start_uploads", known)).toBe("/start_uploads");
     expect(maskNodeKeyInUrl("/start_uploads%20", known)).toBe("/start_uploads%20"); // a mistyped flag stays readable
     expect(maskNodeKeyInUrl("/", known)).toBe("/");
@@ -1011,6 +1012,66 @@ describe("--tls_node_api on the service itself (no NGINX)", () => {
     expect(maskNodeKeyInUrl("/api/v1/carves/x/download", known)).toBe("/api/v1/carves/x/download");
     expect(maskNodeKeyInUrl("/carve/start", ["/carve/start"])).toBe("/carve/start");
     expect(maskNodeKeyInUrl("/k/carve/start", ["/carve/start"])).toBe("/[node-key]/carve/start");
-    expect(maskNodeKeyInUrl("/whatever/path", known, "GET")).toBe("/whatever/path"); // osquery only POSTs
+    expect(maskNodeKeyInUrl("/whatever/path", known)).toBe("/[node-key]/path"); // every method: the safe side
   });
+});
+
+describe("slow bodies through NGINX (issue 15 item 3: NGINX streams bodies, proxy_request_buffering off)", () => {
+  let front: NginxInstance;
+  let slowSvc: ChildService;
+  beforeAll(async () => {
+    slowSvc = await spawnService({
+      CARVE_DATA_DIR: path.join(work, "slow-data"),
+      LOG_LEVEL: "info",
+      CARVE_MAX_BLOCK_SIZE: String(MAX_BLOCK),
+      CARVE_MIN_BODY_RATE_WINDOW_SECONDS: "2",
+    });
+    front = await startNginx((ports) => frontVars(pki, ports, new URL(slowSvc.url).host, { NGINX_FLEET_MANAGER: "off" }));
+  });
+  afterAll(async () => {
+    await front?.stop();
+    slowSvc?.proc.kill("SIGKILL");
+    await slowSvc?.exited;
+  });
+
+  it("50 bodies announcing the largest block body and sending 1 byte/s with an agent certificate: another agent carves meanwhile, the slow ones are cut off", async () => {
+    const a = agent("agent-1");
+    const slow = Array.from({ length: 50 }, () => {
+      const socket = tls.connect({ host: "127.0.0.1", port: front.agentPort, ca: pki.ca, cert: a.cert, key: a.key, servername: "localhost" });
+      let raw = "";
+      socket.on("data", (c: Buffer) => (raw += c.toString("utf8")));
+      socket.on("error", () => undefined);
+      const closed = new Promise<string>((resolve) => socket.on("close", () => resolve(raw)));
+      socket.once("secureConnect", () =>
+        socket.write(`POST /upload_blocks HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${blockBodyLimit(MAX_BLOCK)}\r\n\r\n`),
+      );
+      return { socket, closed };
+    });
+    const ticker = setInterval(() => slow.forEach((c) => c.socket.writable && c.socket.write("[")), 1000);
+    try {
+      await new Promise((r) => setTimeout(r, 1000));
+      const { archive, carveId } = await randomArchive(3 * MAX_BLOCK + 100);
+      const result = await runCarve({
+        baseUrl: front.agentUrl,
+        startEndpoint: "/start_uploads",
+        continueEndpoint: "/upload_blocks",
+        archivePath: archive.path,
+        carveId,
+        blockSize: MAX_BLOCK,
+        agentVersion: "5.23.0",
+        tls: agentTls("agent-2"),
+        retryDelaysMs: FAST_RETRIES,
+      });
+      expect(result.status).toBe("SUCCESS");
+      const replies = await Promise.all(slow.map((c) => c.closed));
+      for (const raw of replies) {
+        const body = raw.slice(raw.indexOf("\r\n\r\n") + 4);
+        expect(raw.split("\r\n")[0]).toBe("HTTP/1.1 408 Request Timeout");
+        expect(isJson(body) && body !== "", `an agent must not count the cut-off as success: ${JSON.stringify(raw.slice(0, 200))}`).toBe(false);
+      }
+    } finally {
+      clearInterval(ticker);
+      for (const c of slow) c.socket.destroy();
+    }
+  }, 120_000);
 });

@@ -92,6 +92,17 @@ interface WireRequest {
 const isCount = (v: unknown, min: number): v is number =>
   typeof v === "number" && Number.isInteger(v) && v >= min && v <= Number.MAX_SAFE_INTEGER;
 const isSafeId = (v: unknown): v is string => typeof v === "string" && v.length <= 128 && SAFE_ID.test(v);
+/** How deeply JSON text nests arrays and objects, counted in the text (a duplicate key that a later one replaces still counts). */
+function depthOf(text: string): number {
+  let depth = 0;
+  let max = 0;
+  for (const c of text.replace(/"(?:[^"\\]|\\.)*"/gs, '""')) {
+    if (c === "[" || c === "{") max = Math.max(max, ++depth);
+    else if (c === "]" || c === "}") depth--;
+  }
+  return max;
+}
+
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 
 function expectedLength(c: { blockCount: number; blockSize: number; carveSize: number }, blockId: number): number {
@@ -133,6 +144,8 @@ class Model {
       // what is not JSON must be refused, by whichever reason the service finds first.
       return nonJsonRefusal ? { kind: "garbage-refused" } : refuse(["INVALID_JSON"]);
     }
+    // osquery's bodies are flat: deeper nesting is refused as not-JSON before it is parsed.
+    if (depthOf(read.bytes.toString("utf8")) > 32) return nonJsonRefusal ? { kind: "garbage-refused" } : refuse(["INVALID_JSON"]);
     if (req.route === "start") return this.start(body);
     if (req.route === "block") return this.block(body);
     if (isObject(body) && ("block_count" in body || "carve_size" in body)) return this.start(body);

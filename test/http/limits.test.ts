@@ -38,8 +38,14 @@ describe("carves being received at once", () => {
     await capped.dispose();
   });
 
+  // Agents are told apart by their address (as a trusted local NGINX reports it), never by their node key.
+  const addressOf: Record<string, string> = { "node-a": "10.0.0.1", "node-b": "10.0.0.2", "node-c": "10.0.0.3" };
   const start = (body: Record<string, unknown>) =>
-    fetch(`${capped.url}/start_uploads`, { method: "POST", body: JSON.stringify(body) }).then(async (r) => ({
+    fetch(`${capped.url}/start_uploads`, {
+      method: "POST",
+      headers: { "x-real-ip": addressOf[body.node_key as string] ?? "10.9.9.9" },
+      body: JSON.stringify(body),
+    }).then(async (r) => ({
       status: r.status,
       json: (await r.json()) as Record<string, unknown>,
     }));

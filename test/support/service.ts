@@ -60,6 +60,8 @@ export async function startTestService(
       // the suites' emulated agents all come from 127.0.0.1; limits.test.ts tests the caps themselves
       CARVE_MAX_RECEIVING_CARVES: "0",
       CARVE_MAX_RECEIVING_CARVES_PER_AGENT: "0",
+      // the suites count audit events per request; hostile-clients.test.ts tests the aggregation itself
+      CARVE_AUDIT_UNAUTHENTICATED_WINDOW_SECONDS: "0",
       ...env,
     },
   });

@@ -39,7 +39,7 @@ import type {
   SessionSpec,
   StoreHealth,
 } from "../carve-store.js";
-import { copyAgent } from "../carve-store.js";
+import { copyAgent, MAX_VERIFICATIONS_KEPT } from "../carve-store.js";
 import {
   auditMatches,
   compareAuditNewestFirst,
@@ -1049,7 +1049,7 @@ export class FilesystemCarveStore implements CarveStore {
     return carve.mutex.run(async () => {
       const meta = await this.readMeta(carveId);
       if (!meta) throw new AppError("CARVE_NOT_FOUND");
-      const verifications = [...(meta.verifications ?? []), { ...verification, at: verification.at.toISOString() }];
+      const verifications = [...(meta.verifications ?? []), { ...verification, at: verification.at.toISOString() }].slice(-MAX_VERIFICATIONS_KEPT);
       try {
         await this.replaceMeta({ ...meta, verifications });
       } catch (err) {

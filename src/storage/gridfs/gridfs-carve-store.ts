@@ -38,7 +38,7 @@ import type {
   SessionSpec,
   StoreHealth,
 } from "../carve-store.js";
-import { copyAgent } from "../carve-store.js";
+import { copyAgent, MAX_VERIFICATIONS_KEPT } from "../carve-store.js";
 import { decodeCursor, encodeAuditCursor, encodeCursor } from "../listing.js";
 
 /*
@@ -975,7 +975,7 @@ export class GridFsCarveStore implements CarveStore {
     try {
       doc = await this.sessions.findOneAndUpdate(
         { _id: carveId, status: { $nin: ["deleting", "importing"] } },
-        { $push: { verifications: { ...verification } } },
+        { $push: { verifications: { $each: [{ ...verification }], $slice: -MAX_VERIFICATIONS_KEPT } } },
         { returnDocument: "after", projection: { b: 0 } },
       );
     } catch (err) {
