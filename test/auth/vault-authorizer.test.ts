@@ -3,11 +3,13 @@
  * of token + namespace + question, bounded by the window and the token's ttl, never shared between tokens)
  * and the guarantee that no token ever appears in an error or a log line, including for network failures.
  */
+import { tmpdir } from "node:os";
 import { inspect } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { tokenFromHeaders } from "../../src/auth/token.js";
 import { VaultAuthorizer, type VaultAuthorizerOptions } from "../../src/auth/vault/vault-authorizer.js";
+import { loadConfig } from "../../src/config/load.js";
 import { AppError } from "../../src/errors.js";
 import { createLogger } from "../../src/logger.js";
 import { LogCapture } from "../support/service.js";
@@ -342,5 +344,20 @@ describe("VaultAuthorizer, decision cache", () => {
     const off = authorizer({ cacheSeconds: 0 });
     await off.decide(parallel.token, undefined, { action: "list" });
     expect((await off.decide(parallel.token, undefined, { action: "list" })).cached).toBe(false);
+  });
+});
+
+describe("VaultAuthorizer.create", () => {
+  it("warns at start when VAULT_ADDR is plain http, loopback or not, and not for https", async () => {
+    const said = async (address: string): Promise<string[]> => {
+      const capture = new LogCapture();
+      const config = loadConfig({ env: { VAULT_ADDR: address }, cwd: tmpdir() });
+      const a = await VaultAuthorizer.create(config.vault, createLogger("info", capture));
+      await a.close();
+      return capture.entries().filter((e) => e.level === "warn").map((e) => String(e.msg));
+    };
+    expect(await said("http://vault.example.com:8200")).toEqual(["Vault address is plain http: responders' tokens cross the network in clear"]);
+    expect((await said("http://127.0.0.1:8200"))[0]).toMatch(/plain http \(loopback: a dev server\?\)/);
+    expect(await said("https://vault.example.com:8200")).toEqual([]);
   });
 });

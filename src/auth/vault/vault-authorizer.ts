@@ -177,8 +177,14 @@ export class VaultAuthorizer implements Authorizer {
         throw new Error(`vault.caFile (CARVE_VAULT_CA_FILE): cannot read ${config.caFile}: ${(err as Error).message}`);
       }
     }
-    if (config.address.startsWith("http://") && !/^http:\/\/(127\.|localhost[:/]|localhost$|\[::1\])/.test(config.address)) {
-      logger.warn({ vaultAddress: config.address }, "Vault address is plain http: responders' tokens cross the network in clear");
+    if (/^http:\/\//i.test(config.address)) {
+      const loopback = /^http:\/\/(127\.|localhost[:/]|localhost$|\[::1\])/i.test(config.address);
+      logger.warn(
+        { vaultAddress: config.address },
+        loopback
+          ? "Vault address is plain http (loopback: a dev server?): use https for any Vault that holds real tokens"
+          : "Vault address is plain http: responders' tokens cross the network in clear",
+      );
     }
     return new VaultAuthorizer({
       address: config.address,
