@@ -63,7 +63,7 @@ export function assessMongoServer(buildInfo: Reply, hello: Reply): MongoServerAs
       refusal:
         `the MongoDB server is FerretDB ${ferret} (claiming MongoDB ${version}): it loses concurrent conditional ` +
         "updates, so a carve could be completed twice or never (exactly-once completion cannot hold). " +
-        "Use MongoDB 6 or later (a replica set, write concern majority); see docs/deployment.md",
+        "Use MongoDB 6 or later (a replica set, write concern majority); see README.md, Storage: the GridFS backend",
       warnings: [],
       description: `FerretDB ${ferret}`,
     };
