@@ -13,7 +13,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../../src/config/load.js";
 import { rawPost } from "../support/raw-http.js";
-import { startTestService, type TestService } from "../support/service.js";
+import { spawnService, startTestService, type TestService } from "../support/service.js";
 
 let svc: TestService;
 
@@ -186,6 +186,32 @@ describe("the seed server's configuration file", () => {
     expect(warnings.find((w) => w.includes("Webserver.tls"))).toMatch(/not translated: no equivalent/);
     expect(warnings.find((w) => w.includes("Vault.verifyTLS"))).toMatch(/always verifies.*CARVE_VAULT_CA_FILE/);
     expect(warnings.some((w) => w.includes("npm run import-seed -- --dir /srv/seed-carves"))).toBe(true);
+  });
+
+  it("the service started with the seed's file says each translation in its log, then serves", async () => {
+    const data = path.join(dir, "seed-data");
+    const file = path.join(dir, "seed-started.yml");
+    await writeFile(file, SEED_DISK_YML.replace("/srv/seed-carves", data));
+    const child = await spawnService({ CARVE_CONFIG: file, LOG_LEVEL: "info" });
+    try {
+      const warned = child.output
+        .map((l) => {
+          try {
+            return JSON.parse(l) as { level?: string; msg?: string };
+          } catch {
+            return {};
+          }
+        })
+        .filter((e) => e.level === "warn" && (e.msg ?? "").includes("seed configuration: "))
+        .map((e) => e.msg ?? "");
+      for (const key of ["Webserver.port", "Storage.File.enabled", "Storage.File.location", "Vault.hostname", "Vault.policy", "Cleanup.time_invterval", "Cleanup.expire_interval", "Webserver.tls", "Vault.verifyTLS"]) {
+        expect(warned.some((w) => w.includes(`seed configuration: ${key}`)), key).toBe(true);
+      }
+      expect((await fetch(`${child.url}/status`)).status).toBe(200);
+    } finally {
+      child.proc.kill("SIGTERM");
+      await child.exited;
+    }
   });
 
   it("a native file is not mistaken for a seed one", () => {
