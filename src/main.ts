@@ -21,8 +21,9 @@ function tuneHeapForMemory(): void {
 async function main(): Promise<void> {
   tuneHeapForMemory();
   let config;
+  const warnings: string[] = [];
   try {
-    config = loadConfig();
+    config = loadConfig({ onWarning: (w) => warnings.push(w) });
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`osquery-carve-server: ${err.message}\n`);
@@ -31,6 +32,7 @@ async function main(): Promise<void> {
     throw err;
   }
   const logger = createLogger(config.logging.level);
+  for (const w of warnings) logger.warn(w);
   let service;
   try {
     service = await startService({ config, logger });

@@ -44,7 +44,7 @@ import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 
 import { runCarve } from "./agent.js";
-import type { CarveInjectOptions, CarveTlsOptions, RunCarveOptions } from "./agent.js";
+import type { CarveInjectOptions, CarveResult, CarveTlsOptions, RunCarveOptions } from "./agent.js";
 import { compareVersions } from "./agent.js";
 import { buildCarveArchive } from "./archive.js";
 import type { CarveArchive } from "./archive.js";
@@ -82,6 +82,36 @@ function positiveInt(value: string | undefined, flag: string, fallback: number):
 }
 
 /** Runs the CLI with `argv` (without node and script). Resolves with the exit code. */
+/** Faults the emulator injects on purpose: the server is meant to refuse them. */
+const INJECTED: Record<string, string> = {
+  corrupt: "--corrupt: different bytes for a block the server already stored",
+  badBase64: "--bad-base64: a block whose data is not base64",
+  wrongLength: "--wrong-length: a block one byte short",
+};
+
+/** One paragraph saying why a carve did not succeed, so a failing run is never silent. */
+export function explainFailure(result: CarveResult, agentVersion: string): string {
+  const failed = result.requests.find((r) => !r.ok);
+  if (result.status === "START FAILED" || failed === undefined || failed.kind === "start") {
+    const reply = failed ? `${failed.statusCode ?? "no reply"} ${failed.error ?? ""} ${failed.body.slice(0, 200)}`.trim() : "no session_id";
+    return `why: the server did not open a session (${reply}); the agent gives up on the carve, as osquery does.`;
+  }
+  const what = INJECTED[failed.variant];
+  const reply = `${failed.statusCode ?? "no reply"}${failed.error ? ` (${failed.error})` : ""} ${failed.body.slice(0, 200)}`.trim();
+  const lines = [
+    `why: block ${failed.blockId} was refused: ${reply}.`,
+    // Only 5.22+ agents fail a carve on a refused block (older ones skip it and report success).
+    `An osquery ${agentVersion} agent retries a refused block twice and then aborts the whole carve (status ${result.status}).`,
+  ];
+  if (what !== undefined) {
+    lines.push(
+      `That refusal was asked for (${what}): the server keeps the first bytes it stored and says no to the rest. ` +
+        "Leave the option out, or use --duplicate / --skip / --order, which a carve survives.",
+    );
+  }
+  return lines.join("\n");
+}
+
 export async function main(argv: string[], io: CliIo = defaultIo): Promise<number> {
   let values;
   try {
@@ -252,6 +282,7 @@ export async function main(argv: string[], io: CliIo = defaultIo): Promise<numbe
       ];
       io.stdout(`${lines.join("\n")}\n`);
     }
+    if (result.status !== "SUCCESS") io.stderr(`${explainFailure(result, agentVersion)}\n`);
     return result.status === "SUCCESS" ? 0 : 1;
   } catch (err) {
     io.stderr(`error: ${(err as Error).message}\n`);

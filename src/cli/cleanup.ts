@@ -12,7 +12,7 @@ import { pino } from "pino";
 import { ConfigError, loadConfig } from "../config/load.js";
 import { formatBytes } from "../config/sizes.js";
 import { safeErrorFields } from "../errors.js";
-import { REDACT_PATHS } from "../logger.js";
+import { createLogger } from "../logger.js";
 import { RetentionJob, type RetentionSummary } from "../jobs/retention.js";
 import { openStore } from "../storage/factory.js";
 import { retentionOptionsOf } from "../jobs/retention-config.js";
@@ -60,10 +60,8 @@ export async function main(argv: string[], out: (line: string) => void = (l) => 
     }
     throw err;
   }
-  const logger = pino(
-    { level: config.logging.level, redact: { paths: REDACT_PATHS, censor: "[redacted]" }, base: { service: "osquery-carve-cleanup" } },
-    pino.destination(2),
-  );
+  // The service's log format (level names, ISO times, same redaction), on stderr: stdout is the report.
+  const logger = createLogger(config.logging.level, pino.destination(2)).child({ component: "cleanup" });
   let store;
   try {
     store = await openStore(config, logger);

@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { parse as parseYaml } from "yaml";
 import { configSchema, type Config } from "./schema.js";
+import { translateSeedConfig } from "./seed-config.js";
 
 /**
  * Environment variables that override conf/carve-server.yml. The names are a public contract
@@ -83,6 +84,8 @@ export class ConfigError extends Error {
 export interface LoadOptions {
   env?: NodeJS.ProcessEnv;
   cwd?: string;
+  /** Told about things that work but deserve a word (a seed server's file translated key by key). */
+  onWarning?: (message: string) => void;
 }
 
 function setPath(target: Record<string, unknown>, keys: readonly string[], value: unknown): void {
@@ -118,6 +121,11 @@ export function loadConfig(options: LoadOptions = {}): Config {
       if (parsed === null || parsed === undefined) raw = {};
       else if (typeof parsed === "object" && !Array.isArray(parsed)) raw = parsed as Record<string, unknown>;
       else problems.push(`${file}: top level must be a mapping`);
+      const seed = translateSeedConfig(raw);
+      if (seed) {
+        raw = seed.raw;
+        for (const w of seed.warnings) options.onWarning?.(`${file}: ${w}`);
+      }
     } catch (err) {
       problems.push(`${file}: ${err instanceof Error ? err.message.split("\n")[0] : String(err)}`);
     }

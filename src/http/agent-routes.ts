@@ -59,6 +59,12 @@ export function nodeApiRoute(endpoint: string): RegExp {
 }
 
 /** osquery sends `Authorization: NodeKey <key>` from 5.23 on. */
+/** A request announces a body by Content-Length > 0 or Transfer-Encoding (RFC 9112 6.1). */
+function hasBody(req: IncomingMessage): boolean {
+  const length = Number(req.headers["content-length"] ?? "0");
+  return (Number.isFinite(length) && length > 0) || req.headers["transfer-encoding"] !== undefined;
+}
+
 function nodeKeyFromHeader(req: IncomingMessage): string | undefined {
   const auth = req.headers.authorization;
   if (typeof auth !== "string") return undefined;
@@ -295,6 +301,16 @@ export function agentEndpoints(
     };
 
   router.post(options.startPath, routeHandler("start"));
+  // The seed Go server routed by path alone, and its test client sends the start as GET with a JSON body
+  // (and no Content-Type): a GET that carries a body is that start. A bodiless GET stays a 404.
+  router.get(options.startPath, (req, res, next) => {
+    if (!hasBody(req)) {
+      next();
+      return;
+    }
+    req.log.info("start request sent as GET with a body (the seed server's test client does this): handled as a start");
+    return routeHandler("start")(req, res);
+  });
   router.post(options.continuePath, routeHandler("block"));
   router.post("/", routeHandler("auto"));
   // --tls_node_api: the same endpoints behind a node-key segment. "/<node_key>" alone (what empty endpoint

@@ -3,17 +3,20 @@
  * of token + namespace + question, bounded by the window and the token's ttl, never shared between tokens)
  * and the guarantee that no token ever appears in an error or a log line, including for network failures.
  */
+import { tmpdir } from "node:os";
 import { inspect } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { tokenFromHeaders } from "../../src/auth/token.js";
 import { VaultAuthorizer, type VaultAuthorizerOptions } from "../../src/auth/vault/vault-authorizer.js";
+import { loadConfig } from "../../src/config/load.js";
 import { AppError } from "../../src/errors.js";
 import { createLogger } from "../../src/logger.js";
 import { LogCapture } from "../support/service.js";
 import { startVaultDouble, type VaultDouble } from "../support/vault-double.js";
 
 let double: VaultDouble;
+const ENTITY = "0c8e4b52-7f3a-4d19-b6e2-9a1f5d3c7e80";
 const logs = new LogCapture();
 const made: VaultAuthorizer[] = [];
 let clock = Date.now();
@@ -120,7 +123,7 @@ describe("VaultAuthorizer, policy mode", () => {
     double.addToken(reader.token, { policies: ["osquery-carve-download"], displayName: "ldap-alice", accessor: reader.accessor });
     double.addToken(identity.token, {
       identityPolicies: ["osquery-carve-download"],
-      entityId: "ent-1",
+      entityId: ENTITY,
       displayName: "oidc-bob",
       accessor: identity.accessor,
     });
@@ -135,7 +138,7 @@ describe("VaultAuthorizer, policy mode", () => {
     expect(r.actor.tokenFingerprint).not.toBe(a.fingerprint(identity.token));
 
     const i = await a.decide(identity.token, undefined, { action: "list" });
-    expect(i).toMatchObject({ allowed: true, actor: { displayName: "oidc-bob", entityId: "ent-1" } });
+    expect(i).toMatchObject({ allowed: true, actor: { displayName: "oidc-bob", entityId: ENTITY } });
 
     const n = await a.decide(nobody.token, undefined, { action: "read", carveId: "c1" });
     expect(n).toMatchObject({ allowed: false, reason: "policy osquery-carve-download missing" });
@@ -152,19 +155,39 @@ describe("VaultAuthorizer, policy mode", () => {
     const revoked = remember(token("revoked"));
     const teamA = remember(token("teama"));
     for (const t of [expired, revoked]) double.addToken(t.token, { policies: ["osquery-carve-download"], accessor: t.accessor });
-    double.addToken(teamA.token, { policies: ["osquery-carve-download"], namespace: "team-a", accessor: teamA.accessor });
     double.expire(expired.token);
     double.revoke(revoked.token);
     const a = authorizer();
     expect((await rejection(a.decide(expired.token, undefined, { action: "list" }))).code).toBe("TOKEN_INVALID");
     expect((await rejection(a.decide(revoked.token, undefined, { action: "list" }))).code).toBe("TOKEN_INVALID");
-    expect((await rejection(a.decide(teamA.token, undefined, { action: "list" }))).code).toBe("TOKEN_INVALID");
 
-    // The configured namespace is sent as X-Vault-Namespace; an explicit one wins.
-    const inNs = authorizer({ namespace: "team-a" });
-    expect((await inNs.decide(teamA.token, undefined, { action: "list" })).allowed).toBe(true);
-    expect(double.requests.at(-1)).toMatchObject({ path: "/v1/auth/token/lookup-self", namespace: "team-a" });
-    expect((await rejection(inNs.decide(teamA.token, "", { action: "read", carveId: "x" }))).code).toBe("TOKEN_INVALID");
+    // Namespaces exist on Vault Enterprise and OpenBao only.
+    const ent = await startVaultDouble({ edition: "enterprise" });
+    try {
+      ent.addToken(teamA.token, { policies: ["osquery-carve-download"], namespace: "team-a", accessor: teamA.accessor });
+      expect((await rejection(authorizer({ address: ent.url }).decide(teamA.token, undefined, { action: "list" }))).code).toBe(
+        "TOKEN_INVALID",
+      );
+      // The configured namespace is sent as X-Vault-Namespace; an explicit one wins.
+      const inNs = authorizer({ address: ent.url, namespace: "team-a" });
+      expect((await inNs.decide(teamA.token, undefined, { action: "list" })).allowed).toBe(true);
+      expect(ent.requests.at(-1)).toMatchObject({ path: "/v1/auth/token/lookup-self", namespace: "team-a" });
+      expect((await rejection(inNs.decide(teamA.token, "", { action: "read", carveId: "x" }))).code).toBe("TOKEN_INVALID");
+    } finally {
+      await ent.close();
+    }
+  });
+
+  it("answers a token Vault cannot parse (500 'no namespace') as the client's bad token: 401, no warning", async () => {
+    const a = authorizer();
+    const warningsBefore = logs.lines.filter((l) => l.includes("Vault request failed")).length;
+    for (const bad of ["hvs.x.y", 'hvs.abc"def']) {
+      const err = await rejection(a.decide(bad, undefined, { action: "list" }));
+      expect(err.code, bad).toBe("TOKEN_INVALID");
+      expect(err.status).toBe(401);
+      expect(double.requests.at(-1)?.token).toBe(bad); // Vault was asked, and said 500
+    }
+    expect(logs.lines.filter((l) => l.includes("Vault request failed")).length).toBe(warningsBefore);
   });
 });
 
@@ -260,8 +283,8 @@ describe("VaultAuthorizer, decision cache", () => {
     expect(count()).toBe(start + 2);
     expect((await rejection(a.decide(one.accessor, undefined, { action: "list" }))).code).toBe("TOKEN_INVALID");
     expect(count()).toBe(start + 3);
-    // Another namespace or another question is another entry.
-    await rejection(a.decide(one.token, "team-a", { action: "list" }));
+    // Another namespace or another question is another entry (the open-source server ignores the namespace).
+    expect((await a.decide(one.token, "team-a", { action: "list" })).cached).toBe(false);
     expect((await a.decide(one.token, undefined, { action: "delete", carveId: "c" })).cached).toBe(false);
 
     // Revocation: visible once the window is over (30 s on this authorizer's clock).
@@ -271,7 +294,34 @@ describe("VaultAuthorizer, decision cache", () => {
     expect((await rejection(a.decide(one.token, undefined, { action: "list" }))).code).toBe("TOKEN_INVALID");
   });
 
-  it("never keeps an entry past the token's ttl, nor for use-limited tokens, and shares concurrent lookups", async () => {
+  it("never caches a use-limited token: each request asks Vault, which counts it down to -1 and then refuses", async () => {
+    // `vault token create -use-limit=2`: lookup-self reports num_uses 1, then -1 on the last use.
+    const limited = remember(token("limited"));
+    double.addToken(limited.token, { policies: ["osquery-carve-download"], accessor: limited.accessor, numUses: 2 });
+    const a = authorizer({ cacheSeconds: 60 });
+    const before = double.requests.length;
+    const first = await a.decide(limited.token, undefined, { action: "list" });
+    const second = await a.decide(limited.token, undefined, { action: "list" });
+    expect([first, second]).toMatchObject([
+      { allowed: true, cached: false },
+      { allowed: true, cached: false },
+    ]);
+    expect(double.requests.length).toBe(before + 2);
+    // The third use: Vault says no, and no cached "allow" from the -1 answer stands in its way.
+    expect((await rejection(a.decide(limited.token, undefined, { action: "list" }))).code).toBe("TOKEN_INVALID");
+    expect((await rejection(a.decide(limited.token, undefined, { action: "read", carveId: "c" }))).code).toBe("TOKEN_INVALID");
+    expect(double.requests.length).toBe(before + 4);
+
+    // Concurrent requests with a use-limited token each spend their own use: 3 uses, 5 requests, 3 allowed.
+    const three = remember(token("three"));
+    double.addToken(three.token, { policies: ["osquery-carve-download"], accessor: three.accessor, numUses: 3 });
+    double.setLatency(30);
+    const outcomes = await Promise.allSettled([1, 2, 3, 4, 5].map(() => a.decide(three.token, undefined, { action: "list" })));
+    expect(outcomes.filter((o) => o.status === "fulfilled" && o.value.allowed).length).toBe(3);
+    expect(outcomes.filter((o) => o.status === "rejected" && (o.reason as AppError).code === "TOKEN_INVALID").length).toBe(2);
+  });
+
+  it("never keeps an entry past the token's ttl, and shares concurrent lookups", async () => {
     const short = remember(token("short"));
     double.addToken(short.token, { policies: ["osquery-carve-download"], ttlSeconds: 10, accessor: short.accessor });
     const a = authorizer({ cacheSeconds: 60 });
@@ -294,5 +344,20 @@ describe("VaultAuthorizer, decision cache", () => {
     const off = authorizer({ cacheSeconds: 0 });
     await off.decide(parallel.token, undefined, { action: "list" });
     expect((await off.decide(parallel.token, undefined, { action: "list" })).cached).toBe(false);
+  });
+});
+
+describe("VaultAuthorizer.create", () => {
+  it("warns at start when VAULT_ADDR is plain http, loopback or not, and not for https", async () => {
+    const said = async (address: string): Promise<string[]> => {
+      const capture = new LogCapture();
+      const config = loadConfig({ env: { VAULT_ADDR: address }, cwd: tmpdir() });
+      const a = await VaultAuthorizer.create(config.vault, createLogger("info", capture));
+      await a.close();
+      return capture.entries().filter((e) => e.level === "warn").map((e) => String(e.msg));
+    };
+    expect(await said("http://vault.example.com:8200")).toEqual(["Vault address is plain http: responders' tokens cross the network in clear"]);
+    expect((await said("http://127.0.0.1:8200"))[0]).toMatch(/plain http \(loopback: a dev server\?\)/);
+    expect(await said("https://vault.example.com:8200")).toEqual([]);
   });
 });

@@ -70,6 +70,10 @@ describe("cleanup command", () => {
       "cleanup: deleted 3 carve(s) (2 expired, 1 abandoned, 0 unfinished deletes), freed 5 KiB, 0 kept, 0 failed",
     );
     expect(res.stderr).toContain("carve expired"); // logs go to stderr
+    // ... in the service's own format: level names and ISO times, not pino's numbers and epoch milliseconds.
+    const logged = JSON.parse(res.stderr.split("\n").find((l) => l.includes("carve expired")) ?? "{}") as Record<string, unknown>;
+    expect(logged).toMatchObject({ level: "info", service: "osquery-carve-server", component: "cleanup" });
+    expect(String(logged.time)).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
     const json = await cleanup({ CARVE_DATA_DIR: dir }, "--json");
     expect(JSON.parse(json.stdout)).toMatchObject({ deleted: 0, failed: 0 });
   });

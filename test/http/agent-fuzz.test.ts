@@ -157,7 +157,7 @@ class Model {
     const invalid: Verdict = { kind: "start-refused", codes: ["INVALID_START"] };
     if (!isObject(body)) return invalid;
     const { block_count: bc, block_size: bs, carve_size: cs, carve_id: carveId, request_id: requestId, node_key: nodeKey } = body;
-    if (!isCount(bc, 1) || !isCount(bs, 1) || !isCount(cs, 1) || !isSafeId(carveId) || !isSafeId(requestId)) return invalid;
+    if (!isCount(bc, 1) || !isCount(bs, 1) || !isCount(cs, 1) || !isSafeId(carveId) || !(requestId === "" || isSafeId(requestId))) return invalid;
     if (nodeKey !== undefined && (typeof nodeKey !== "string" || nodeKey.length > 4096)) return invalid;
     const codes: string[] = [];
     if (bs > MAX_BLOCK) codes.push("BLOCK_SIZE_TOO_LARGE");

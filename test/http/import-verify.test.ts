@@ -247,9 +247,9 @@ beforeAll(async () => {
   vault.addToken(IMPORTER, {
     policies: ["osquery-carve-import", "osquery-carve-download"],
     displayName: "ldap-carol",
-    entityId: "ent-carol",
+    entityId: "3e7a9c1b-5d24-4f8e-b6a0-2c9d7e1f5b38",
   });
-  vault.addToken(READER, { policies: ["osquery-carve-download"], displayName: "ldap-alice", entityId: "ent-alice" });
+  vault.addToken(READER, { policies: ["osquery-carve-download"], displayName: "ldap-alice", entityId: "7c2e5a9d-1b36-4d8f-a4e0-6b3c9f2d1e75" });
   vault.addToken(ADMIN, { policies: ["osquery-carve-admin", "osquery-carve-download"], displayName: "ldap-bob" });
   vault.addToken(OUTSIDER, { policies: ["some-other-team"], displayName: "ldap-eve" });
 });
@@ -400,7 +400,7 @@ describe.each([filesystem, gridfs])("import and verify on the $name backend", (b
       host: "ws-042.corp.example",
       originalPath: "/var/tmp/osquery_carve_failed.tar",
       description: "Carve upload failed on the host;\ncopied by hand from ws-042 (ticket IR-17).",
-      importedBy: { displayName: "ldap-carol", entityId: "ent-carol" },
+      importedBy: { displayName: "ldap-carol", entityId: "3e7a9c1b-5d24-4f8e-b6a0-2c9d7e1f5b38" },
     };
     expect(r.json).toMatchObject({
       carveId: id,
@@ -437,7 +437,7 @@ describe.each([filesystem, gridfs])("import and verify on the $name backend", (b
     const event = await auditFor(svc, `carve_id=${id}`, (e) => e.action === "carve.import");
     expect(event).toMatchObject({
       result: "allowed",
-      actor: { displayName: "ldap-carol", entityId: "ent-carol" },
+      actor: { displayName: "ldap-carol", entityId: "3e7a9c1b-5d24-4f8e-b6a0-2c9d7e1f5b38" },
       carveId: id,
       detail: {
         size: tar.length,

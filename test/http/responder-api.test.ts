@@ -14,7 +14,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from "vitest";
 import { buildCarveArchive, runCarve, type BuildCarveArchiveOptions } from "../../scripts/emulator/index.js";
 import { ERROR_CODES, type ErrorCode } from "../../src/errors.js";
 import { sha256 } from "../support/carve-data.js";
@@ -38,16 +38,16 @@ interface Tok {
   accessor: string;
 }
 
-function newToken(label: string, spec: Parameters<VaultDouble["addToken"]>[1] = {}): Tok {
+function newToken(label: string, spec: Parameters<VaultDouble["addToken"]>[1] = {}, vault: VaultDouble = double): Tok {
   serial++;
   const t = { token: `hvs.CAJ${label}${serial}x${randomBytes(9).toString("hex")}`, accessor: `Acc${label}${serial}${randomBytes(6).toString("hex")}` };
-  double.addToken(t.token, { accessor: t.accessor, ...spec });
+  vault.addToken(t.token, { accessor: t.accessor, ...spec });
   secrets.push(t.token, t.accessor);
   return t;
 }
 
 const READ = { policies: ["osquery-carve-download"], displayName: "ldap-alice" };
-const ADMIN = { policies: ["osquery-carve-admin"], displayName: "ldap-root-responder", entityId: "ent-admin" };
+const ADMIN = { policies: ["osquery-carve-admin"], displayName: "ldap-root-responder", entityId: "5a0e7c1d-2b94-4e6f-8d3a-1c7b9e2f4a60" };
 
 let reader: Tok;
 let admin: Tok;
@@ -254,7 +254,7 @@ describe("authorization", () => {
     const denied = await api(`/api/v1/carves/${modern.carveId}/archive`, { token: other.token });
     expect(denied.status).toBe(403);
     expect(denied.json.error).toMatchObject({ code: "ACCESS_DENIED", message: "the Vault token does not grant this action" });
-    const identity = newToken("identity", { identityPolicies: ["osquery-carve-download"], entityId: "ent-42", displayName: "oidc-carol" });
+    const identity = newToken("identity", { identityPolicies: ["osquery-carve-download"], entityId: "9b3d1f6a-4c28-4e7b-a5d0-7e2c8f1b3a42", displayName: "oidc-carol" });
     expect((await api(`/api/v1/carves/${modern.carveId}`, { token: identity.token })).status).toBe(200);
     // Download rights do not include deleting or reading the audit trail.
     expect((await api(`/api/v1/carves/${modern.carveId}`, { token: reader.token, method: "DELETE" })).status).toBe(403);
@@ -688,7 +688,7 @@ describe("deletion and the audit trail", () => {
     expect((await api(`/api/v1/carves/${victim.carveId}`, { token: reader.token })).status).toBe(404);
     expect((await api(`/api/v1/carves/${victim.carveId}`, { token: admin.token, method: "DELETE" })).status).toBe(404);
     const e = await waitForAudit(`carve_id=${victim.carveId}&action=carve.delete`, (ev) => ev.result === "allowed");
-    expect(e).toMatchObject({ actor: { displayName: "ldap-root-responder", entityId: "ent-admin" }, detail: { bytesFreed: 5000, sha256: victim.sha256 } });
+    expect(e).toMatchObject({ actor: { displayName: "ldap-root-responder", entityId: "5a0e7c1d-2b94-4e6f-8d3a-1c7b9e2f4a60" }, detail: { bytesFreed: 5000, sha256: victim.sha256 } });
     await waitForAudit(`carve_id=${victim.carveId}&action=carve.delete`, (ev) => ev.result === "not-found");
   });
 
@@ -704,7 +704,7 @@ describe("deletion and the audit trail", () => {
   });
 
   it("records every kind of request and every denial, and filters and pages the trail", async () => {
-    const nobody = newToken("auditnobody", { policies: ["x"], displayName: "intruder" });
+    const nobody = newToken("auditnobody", { policies: ["x"], displayName: "userpass-intruder" });
     await api(`/api/v1/carves/${legacy.carveId}/archive`, { token: nobody.token });
     await api(`/api/v1/carves/${legacy.carveId}/archive`);
     await api(`/api/v1/carves/${legacy.carveId}/archive`, { token: "hvs.not-a-real-token" });
@@ -715,7 +715,7 @@ describe("deletion and the audit trail", () => {
     expect(forbidden).toMatchObject({
       action: "carve.download",
       result: "denied",
-      actor: { displayName: "intruder" },
+      actor: { displayName: "userpass-intruder" },
       detail: { code: "ACCESS_DENIED", authorization: "policy osquery-carve-download missing" },
     });
     const missing = await waitForAudit(q, (e) => e.detail.code === "TOKEN_MISSING");
@@ -788,7 +788,7 @@ describe("other Vault configurations", () => {
     const secret = await rawCarve(randomBytes(2000), 1024, caps);
     const t = newToken("caps", {
       policies: ["responders"],
-      displayName: "caps-user",
+      displayName: "token-caps-user",
       capabilities: { "osquery-carves/*": ["read", "list"], [`osquery-carves/${secret.carveId}`]: ["deny"], [`osquery-carves/${open.carveId}`]: ["read", "delete"] },
     });
     const get = (p: string, method = "GET"): Promise<Reply> => call(`${caps.url}${p}`, { token: t.token, method });
@@ -802,21 +802,24 @@ describe("other Vault configurations", () => {
   });
 
   it("sends VAULT_NAMESPACE, and a revocation shows once the cache window is over", async () => {
+    // Namespaces exist on Vault Enterprise and OpenBao only; the open-source server ignores the header.
+    const ent = await startVaultDouble({ edition: "enterprise" });
+    onTestFinished(() => ent.close());
     let clock = Date.now();
     const ns = await startTestService(
-      { VAULT_ADDR: double.url, VAULT_NAMESPACE: "team-a", CARVE_VAULT_CACHE_SECONDS: "1" },
+      { VAULT_ADDR: ent.url, VAULT_NAMESPACE: "team-a", CARVE_VAULT_CACHE_SECONDS: "1" },
       { vaultClock: () => clock },
     );
     services.push(ns);
-    const inA = newToken("nsa", { ...READ, namespace: "team-a" });
-    const inRoot = newToken("nsroot", READ);
+    const inA = newToken("nsa", { ...READ, namespace: "team-a" }, ent);
+    const inRoot = newToken("nsroot", READ, ent);
     expect((await call(`${ns.url}/api/v1/carves`, { token: inA.token })).status).toBe(200);
-    expect(double.requests.at(-1)).toMatchObject({ path: "/v1/auth/token/lookup-self", namespace: "team-a" });
+    expect(ent.requests.at(-1)).toMatchObject({ path: "/v1/auth/token/lookup-self", namespace: "team-a" });
     expect((await call(`${ns.url}/api/v1/carves`, { token: inRoot.token })).status).toBe(401);
     // A namespace header from the client is not used.
     expect((await call(`${ns.url}/api/v1/carves`, { token: inRoot.token, headers: { "X-Vault-Namespace": "" } })).status).toBe(401);
 
-    double.revoke(inA.token);
+    ent.revoke(inA.token);
     expect((await call(`${ns.url}/api/v1/carves`, { token: inA.token })).status).toBe(200); // cached, within 1 s
     clock += 1_100;
     expect((await call(`${ns.url}/api/v1/carves`, { token: inA.token })).status).toBe(401);

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { inspect } from "node:util";
 import nodeVault from "node-vault";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { startVaultDouble, VAULT_DOUBLE_VERSION } from "./vault-double.js";
+import { DEFAULT_TOKEN_TTL_SECONDS, startVaultDouble, VAULT_DOUBLE_VERSION } from "./vault-double.js";
 import type { VaultDouble } from "./vault-double.js";
 
 interface LookupSelfResponse {
@@ -27,10 +27,11 @@ interface ApiError {
   code?: string;
 }
 
-const INVALID_TOKEN =
-  "2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n";
+/** Vault 1.14's answer to an unknown, expired or revoked token, and to a missing one. */
+const INVALID_TOKEN = "permission denied";
 
 let double: VaultDouble;
+const ENTITY = "8d6f2a4e-3b1c-4f6e-9a2d-5c7b1e0f3a94";
 
 beforeEach(async () => {
   double = await startVaultDouble();
@@ -99,7 +100,7 @@ describe("auth/token/lookup-self", () => {
     double.addToken("s.alice", {
       policies: ["carve-reader"],
       displayName: "ldap-alice",
-      entityId: "ent-1",
+      entityId: ENTITY,
       accessor: "acc-alice",
       ttlSeconds: 3600,
     });
@@ -151,7 +152,7 @@ describe("auth/token/lookup-self", () => {
       accessor: "acc-alice",
       creation_ttl: 3600,
       display_name: "ldap-alice",
-      entity_id: "ent-1",
+      entity_id: ENTITY,
       explicit_max_ttl: 0,
       id: "s.alice",
       meta: null,
@@ -245,20 +246,58 @@ describe("auth/token/lookup-self", () => {
     expect(caps["osquery-carves/c1"]).toEqual(["read"]);
   });
 
-  it("a missing token is 400 'missing client token'", async () => {
+  it("a missing or empty token is 403 'permission denied', as Vault 1.14 answers", async () => {
     const res = await fetch(`${double.url}/v1/auth/token/lookup-self`);
-    expect(res.status).toBe(400);
-    expect(await res.json()).toEqual({ errors: ["missing client token"] });
+    expect(res.status).toBe(403);
+    expect(await res.json()).toEqual({ errors: ["permission denied"] });
     expect(double.requests.at(-1)?.token).toBeUndefined();
 
     // node-vault with no client token sends the empty header as-is.
     const err = await rejection(lookupSelf(client(), ""));
     expect(err.response).toEqual({
-      statusCode: 400,
-      body: { errors: ["missing client token"] },
+      statusCode: 403,
+      body: { errors: ["permission denied"] },
     });
-    expect(err.message).toBe("missing client token");
+    expect(err.message).toBe("permission denied");
     expect(double.requests.at(-1)?.token).toBe("");
+  });
+
+  it("a malformed token (a namespace suffix naming no namespace, a quote) is 500 'no namespace'", async () => {
+    for (const t of ["hvs.x.y", 's.abc"def', "hvs.CAESIabc.nsid"]) {
+      const err = await rejection(lookupSelf(client(), t));
+      expect(err.response, t).toEqual({
+        statusCode: 500,
+        body: { errors: ["failed to look up namespace from the token: no namespace"] },
+      });
+    }
+    // One dot is an ordinary (unknown) token.
+    expect((await rejection(lookupSelf(client(), "hvs.x"))).response?.statusCode).toBe(403);
+  });
+
+  it("a token created without a ttl gets the mount default, 2764800 s; root tokens never expire", async () => {
+    double.addToken("s.default-ttl", { policies: ["carve-reader"] });
+    const d = (await lookupSelf(client(), "s.default-ttl")).data;
+    expect(DEFAULT_TOKEN_TTL_SECONDS).toBe(2764800);
+    expect(d.creation_ttl).toBe(2764800);
+    expect(d.ttl).toBeGreaterThan(2764790);
+    expect(d.ttl).toBeLessThanOrEqual(2764800);
+    expect(d.expire_time).not.toBeNull();
+  });
+
+  it("a use-limited token counts down, reports num_uses -1 on its last use, then is unknown", async () => {
+    double.addToken("s.twice", { policies: ["carve-reader"], numUses: 2 });
+    const vault = client();
+    expect((await lookupSelf(vault, "s.twice")).data.num_uses).toBe(1);
+    expect((await lookupSelf(vault, "s.twice")).data.num_uses).toBe(-1);
+    const err = await rejection(lookupSelf(vault, "s.twice"));
+    expect(err.response).toEqual({ statusCode: 403, body: { errors: ["permission denied"] } });
+
+    // capabilities-self spends a use too.
+    double.addToken("s.thrice", { numUses: 3, capabilities: { "x/*": ["read"] } });
+    await capabilitiesSelf(vault, "s.thrice", { paths: ["x/1"] });
+    expect((await lookupSelf(vault, "s.thrice")).data.num_uses).toBe(1);
+    expect((await lookupSelf(vault, "s.thrice")).data.num_uses).toBe(-1);
+    expect((await rejection(lookupSelf(vault, "s.thrice"))).response?.statusCode).toBe(403);
   });
 
   it("unknown, revoked and expired tokens get 403 invalid token", async () => {
@@ -292,14 +331,21 @@ describe("auth/token/lookup-self", () => {
     ).toBe(403);
   });
 
-  it("rejects other methods with 405 after the token check", async () => {
+  it("a method the default policy does not grant is 403 after the token check; a root token gets 405", async () => {
     double.addToken("s.m", {});
-    const res = await fetch(`${double.url}/v1/auth/token/lookup-self`, {
-      method: "POST",
-      headers: { "X-Vault-Token": "s.m" },
-    });
-    expect(res.status).toBe(405);
-    expect(await res.json()).toEqual({
+    double.addToken("root-m", { policies: ["root"] });
+    for (const [path, method] of [
+      ["auth/token/lookup-self", "POST"],
+      ["auth/token/lookup-self", "DELETE"],
+      ["sys/capabilities-self", "GET"],
+    ] as const) {
+      const res = await fetch(`${double.url}/v1/${path}`, { method, headers: { "X-Vault-Token": "s.m" } });
+      expect(res.status, `${method} ${path}`).toBe(403);
+      expect(await res.json()).toEqual({ errors: ["permission denied"] });
+    }
+    const root = await fetch(`${double.url}/v1/auth/token/lookup-self`, { method: "DELETE", headers: { "X-Vault-Token": "root-m" } });
+    expect(root.status).toBe(405);
+    expect(await root.json()).toEqual({
       errors: ["1 error occurred:\n\t* unsupported operation\n\n"],
     });
   });
@@ -387,7 +433,7 @@ describe("sys/capabilities-self", () => {
     expect(res.capabilities).toEqual(["root"]);
   });
 
-  it("is 403 for a bad token, 400 without a token or without paths", async () => {
+  it("is 403 for a bad token or without a token, 400 without paths", async () => {
     const vault = client();
     const bad = await rejection(
       capabilitiesSelf(vault, "s.nope", { paths: ["osquery-carves/c1"] }),
@@ -401,8 +447,8 @@ describe("sys/capabilities-self", () => {
       method: "POST",
       body: JSON.stringify({ paths: ["x"] }),
     });
-    expect(noToken.status).toBe(400);
-    expect(await noToken.json()).toEqual({ errors: ["missing client token"] });
+    expect(noToken.status).toBe(403);
+    expect(await noToken.json()).toEqual({ errors: ["permission denied"] });
 
     const noPaths = await rejection(capabilitiesSelf(vault, "s.caps", {}));
     expect(noPaths.response?.statusCode).toBe(400);
@@ -438,6 +484,9 @@ describe("sys/health and seal state", () => {
       cluster_name: "vault-cluster-double",
     });
     expect(typeof body.server_time_utc).toBe("number");
+    // The open-source 1.14 server has no `enterprise` field.
+    expect(body).not.toHaveProperty("enterprise");
+    expect(VAULT_DOUBLE_VERSION).toMatch(/^1\.14\.\d+$/);
     expect(typeof body.cluster_id).toBe("string");
     expect(await client().health()).toMatchObject({
       sealed: false,
@@ -505,7 +554,22 @@ describe("sys/health and seal state", () => {
 });
 
 describe("namespaces", () => {
-  beforeEach(() => {
+  it("the open-source server ignores X-Vault-Namespace and has no namespaced tokens", async () => {
+    double.addToken("s.oss", {});
+    const res = await fetch(`${double.url}/v1/auth/token/lookup-self`, {
+      headers: { "X-Vault-Token": "s.oss", "X-Vault-Namespace": "team-a" },
+    });
+    expect(res.status).toBe(200);
+    expect((await res.json()) as LookupSelfResponse).not.toHaveProperty("data.namespace_path");
+    expect(double.requests.at(-1)?.namespace).toBe("team-a");
+    expect(() => double.addToken("s.ns", { namespace: "team-a" })).toThrow(/no namespaces/);
+  });
+});
+
+describe("namespaces (enterprise edition)", () => {
+  beforeEach(async () => {
+    await double.close();
+    double = await startVaultDouble({ edition: "enterprise" });
     double.addToken("s.team-a", {
       namespace: "team-a",
       capabilities: { "osquery-carves/*": ["read"] },
@@ -552,20 +616,18 @@ describe("namespaces", () => {
 });
 
 describe("other paths", () => {
-  it("404 {errors:[]} when the ACL allows, 403 permission denied when it does not", async () => {
+  it("404 'no handler for route' when the ACL allows, 403 permission denied when it does not", async () => {
     double.addToken("s.o", { capabilities: { "secret/*": ["read"] } });
     const allowed = await fetch(`${double.url}/v1/secret/x`, {
       headers: { "X-Vault-Token": "s.o" },
     });
     expect(allowed.status).toBe(404);
-    expect(await allowed.json()).toEqual({ errors: [] });
+    expect(await allowed.json()).toEqual({ errors: ['no handler for route "secret/x". route entry not found.'] });
     const denied = await fetch(`${double.url}/v1/other/x`, {
       headers: { "X-Vault-Token": "s.o" },
     });
     expect(denied.status).toBe(403);
-    expect(await denied.json()).toEqual({
-      errors: ["1 error occurred:\n\t* permission denied\n\n"],
-    });
+    expect(await denied.json()).toEqual({ errors: ["permission denied"] });
     const invalid = await fetch(`${double.url}/v1/secret/x`, {
       headers: { "X-Vault-Token": "s.bad" },
     });
@@ -576,7 +638,7 @@ describe("other paths", () => {
 
 describe("node-vault behaviour the service must guard against", () => {
   it("an empty caller token silently falls back to the client's own token, and the headers object is mutated", async () => {
-    double.addToken("s.service", { displayName: "service" });
+    double.addToken("s.service", { displayName: "token-service" });
     const vault = client({ token: "s.service" });
     const headers = { "X-Vault-Token": "" };
     const res = (await vault.tokenLookupSelf({
@@ -668,6 +730,11 @@ describe("addToken validation", () => {
       double.addToken("t", { capabilities: { "a/*": ["root"] } }),
     ).toThrow(/capability/);
     expect(() => double.revoke("never-added")).toThrow();
+    // Vault prefixes display names with the auth method and gives entities UUIDs.
+    expect(() => double.addToken("t", { displayName: "alice" })).toThrow(/auth method/);
+    expect(() => double.addToken("t", { entityId: "ent-1" })).toThrow(/UUID/);
+    expect(() => double.addToken("t", { numUses: -1 })).toThrow(/numUses/);
+    double.addToken("t", { displayName: "userpass-alice", entityId: ENTITY });
   });
 });
 

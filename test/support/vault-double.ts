@@ -12,20 +12,23 @@
  *  - GET|HEAD /v1/sys/health           (no token needed; standbyok/activecode/standbycode/sealedcode/
  *                                       uninitcode query parameters honoured)
  *
- * Answers, in the order Vault checks things (request_handling.go: sealed, then the token, then the ACL,
- * then routing):
+ * Answers, as a HashiCorp Vault 1.14 server gives them (tried against a 1.14 dev server; see
+ * /work/shared/docs/vault-and-friends.md), in the order Vault checks things (request_handling.go: sealed,
+ * then the token, then the ACL, then routing):
  *  - sealed: 503 {"errors":["Vault is sealed"]} for everything except sys/health (503 with its JSON body).
- *  - no token (header absent or empty): 400 {"errors":["missing client token"]}
- *    (fetchACLTokenEntryAndEntity returns a plain error, which handleRequest turns into ErrInvalidRequest).
- *  - unknown / revoked / expired token, or a token from another namespace: 403
- *    {"errors":["2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n"]}
- *    This is what current Vault sends (docs/concepts/tokens.mdx "Error responses": "a 403 ... containing the
- *    following error messages: `invalid token` and `permission denied`"; the body is one go-multierror
- *    string). Vault before ~1.15 sent {"errors":["permission denied"]}. Code that tells these apart must
- *    use the status (403), never the text.
- *  - a valid token on a path it has no capability for: 403 {"errors":["1 error occurred:\n\t* permission denied\n\n"]}
- *  - wrong method on lookup-self / capabilities-self: 405 {"errors":["1 error occurred:\n\t* unsupported operation\n\n"]}
- *  - any other /v1 path the token may use: 404 {"errors":[]} (what Vault answers for "nothing here").
+ *  - no token (header absent or empty): 403 {"errors":["permission denied"]}.
+ *  - a malformed token (a namespace suffix that names no namespace, like "hvs.x.y", or a quote in it): 500
+ *    {"errors":["failed to look up namespace from the token: no namespace"]}. It is the caller's bad token,
+ *    not an outage of Vault.
+ *  - unknown / revoked / expired token, or a use-limited token already used up: 403
+ *    {"errors":["permission denied"]} (Vault 1.15+ words it "2 errors occurred: permission denied, invalid
+ *    token"; code that tells these apart must use the status, never the text).
+ *  - a valid token on a path or with a method its ACL does not grant: 403 {"errors":["permission denied"]}.
+ *    The built-in default policy grants "read" on lookup-self and "update" on capabilities-self, so POST to
+ *    lookup-self or GET to capabilities-self is a 403 too (a root token reaches the handler: 405
+ *    "unsupported operation" for a method the path lacks).
+ *  - a path the ACL allows but nothing is mounted at: 404 {"errors":["no handler for route \"<path>\".
+ *    route entry not found."]}.
  *  - success bodies use the logical response envelope
  *    {request_id, lease_id:"", renewable:false, lease_duration:0, data, wrap_info:null, warnings:null,
  *     auth:null, mount_type}. For sys/* paths Vault also copies every data key to the top level
@@ -48,10 +51,22 @@
  *    so a ttl-0 token (like the root token) has neither. identity_policies (plus external_namespace_policies: {})
  *    appear only when the token has an entity with identity policies; namespace_path ("team-a/") appears
  *    only for tokens outside the root namespace. Batch tokens have accessor "" and renewable false.
- *  - Namespaces: X-Vault-Namespace is canonicalized ("/team-a" and "team-a/" both mean "team-a/"). A token
- *    is known only in its own namespace. Real Vault Enterprise also accepts a parent-namespace token in a
- *    child namespace. The double deliberately does not, so tests can prove that the namespace header is
- *    sent. Namespaces given as a path prefix (/v1/team-a/...) are not modelled.
+ *  - display_name is what Vault shows: the auth method, then "-" and the name given at login or creation
+ *    ("token", "token-ci", "userpass-alice", "ldap-alice", "oidc-bob"); addToken refuses anything else.
+ *    entity_id is "" (a token made by auth/token/create has no entity) or a UUID; addToken refuses others.
+ *  - ttl: a token created without one gets the token mount's default, 2764800 s (768 h) on a dev server;
+ *    only root tokens (and an explicit ttlSeconds: 0) never expire.
+ *  - num_uses: 0 = unlimited. A use-limited token (`vault token create -use-limit=N`) spends one use on
+ *    every request it authenticates (lookup-self and capabilities-self included); lookup-self reports the
+ *    uses left after this one, and -1 on the LAST use (Vault marks it for revocation); after that it is
+ *    unknown (403).
+ *  - Editions: the default double is the open-source server, which IGNORES X-Vault-Namespace (no
+ *    namespaces at all; addToken refuses a namespace). `startVaultDouble({ edition: "enterprise" })` models
+ *    Vault Enterprise (and OpenBao) namespaces: X-Vault-Namespace is canonicalized ("/team-a" and "team-a/"
+ *    both mean "team-a/") and a token is known only in its own namespace. Real Enterprise also accepts a
+ *    parent-namespace token in a child namespace; the double deliberately does not, so tests can prove that
+ *    the namespace header is sent. Namespaces given as a path prefix (/v1/team-a/...) are not modelled.
+ *    sys/health has no `enterprise` field in either (1.14 has none).
  *  - The double assumes the built-in "default" policy, so any valid token may call lookup-self and
  *    capabilities-self; `capabilities` is not consulted for those two paths.
  *  - setStandby(true) only changes sys/health (429, standby:true). A real standby forwards other requests
@@ -67,7 +82,7 @@
  *  - EMPTY TOKEN FALLBACK: request() does `headers['X-Vault-Token'] = headers['X-Vault-Token'] || client.token`
  *    (only when client.token is a non-empty string). A caller token of "" therefore silently becomes the
  *    client's own token. With no client token, the empty header is sent as-is (`X-Vault-Token: ""`),
- *    and Vault answers 400 "missing client token".
+ *    and Vault answers 403 "permission denied".
  *  - HEADER MUTATION: node-vault writes X-Vault-Token (the fallback) and X-Vault-Namespace into the very
  *    headers object the caller passed in `requestOptions.headers`. Reusing one headers object across
  *    calls can leak the client token into it. Build a fresh object for every call.
@@ -75,7 +90,7 @@
  *    client namespace, a per-call X-Vault-Namespace header is sent unchanged.
  *  - Non-2xx (anything but 200/204): rejects with an ApiResponseError (a class that is not exported; `name` is
  *    "Error"), message = body.errors[0] (or "Status <code>"), and own property
- *    `response: { statusCode, body }` only. For 400/403/503 from lookup-self and capabilities-self, neither
+ *    `response: { statusCode, body }` only. For 403/500/503 from lookup-self and capabilities-self, neither
  *    JSON.stringify nor util.inspect of that error contains the token, because Vault's error bodies never echo it.
  *  - sys/health: any response whose request path matches /sys\/health/ resolves with the body, so 429
  *    (standby), 503 (sealed) and 501 resolve instead of rejecting: check `sealed`/`standby` yourself.
@@ -96,11 +111,12 @@ import type { AddressInfo } from "node:net";
 export interface DoubleToken {
   policies?: string[]; // token policies (Vault always includes "default" unless no_default_policy)
   identityPolicies?: string[]; // entity/group policies (shown as identity_policies only when non-empty)
-  displayName?: string;
-  entityId?: string;
+  displayName?: string; // as Vault shows it: "<auth method>[-<name>]", e.g. "ldap-alice"; default "token"
+  entityId?: string; // "" or a UUID
   accessor?: string;
-  ttlSeconds?: number; // 0 = never expires
-  namespace?: string; // token valid only when X-Vault-Namespace matches ("" = root)
+  ttlSeconds?: number; // default 2764800 (root: 0); 0 = never expires
+  numUses?: number; // 0 = unlimited (default); N = the token authenticates N requests
+  namespace?: string; // enterprise edition only: token valid only when X-Vault-Namespace matches ("" = root)
   capabilities?: Record<string, string[]>; // path (exact or glob with trailing * like Vault policies) -> capabilities
   type?: "service" | "batch";
 }
@@ -124,8 +140,16 @@ export interface VaultDouble {
   close(): Promise<void>;
 }
 
-/** What the double reports as its Vault version in sys/health. */
-export const VAULT_DOUBLE_VERSION = "1.18.3+ent";
+/** What the double reports as its Vault version in sys/health (the enterprise edition adds "+ent"). */
+export const VAULT_DOUBLE_VERSION = "1.14.10";
+
+/** The ttl of a token created without one: the token mount's default on a Vault dev server (768 h). */
+export const DEFAULT_TOKEN_TTL_SECONDS = 2_764_800;
+
+/** Auth methods whose name prefixes display_name; "token" alone is a token made without a display name. */
+const AUTH_METHODS = ["token", "userpass", "ldap", "oidc", "jwt", "github", "approle", "cert", "kubernetes", "aws", "okta", "radius"];
+const DISPLAY_NAME = new RegExp(`^(${AUTH_METHODS.join("|")})(-.+)?$`);
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 const POLICY_CAPABILITIES = new Set([
   "create",
@@ -140,10 +164,8 @@ const POLICY_CAPABILITIES = new Set([
   "recover",
 ]);
 
-const ERR_MISSING_TOKEN = "missing client token";
-const ERR_INVALID_TOKEN =
-  "2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n";
-const ERR_PERMISSION_DENIED = "1 error occurred:\n\t* permission denied\n\n";
+const ERR_PERMISSION_DENIED = "permission denied";
+const ERR_NO_NAMESPACE = "failed to look up namespace from the token: no namespace";
 const ERR_UNSUPPORTED_OPERATION =
   "1 error occurred:\n\t* unsupported operation\n\n";
 const ERR_SEALED = "Vault is sealed";
@@ -156,6 +178,8 @@ interface StoredToken {
   entityId: string;
   accessor: string;
   ttlSeconds: number;
+  /** Uses left; 0 = unlimited; -1 = its last use has been spent (revocation pending). */
+  numUses: number;
   namespace: string; // canonical: "" or "team-a/"
   capabilities: Map<string, string[]>;
   type: "service" | "batch";
@@ -270,9 +294,21 @@ function operationCapabilities(method: string): string[] {
   }
 }
 
+/**
+ * A token Vault cannot even parse: a namespace suffix ("hvs.<id>.<namespace id>") that names no namespace,
+ * or characters no token has. Vault 1.14 answers those 500 instead of 403.
+ */
+function isMalformedToken(token: string): boolean {
+  if (token.includes('"') || token.includes("'")) return true;
+  return /^(hvs|hvb|hvr|s|b|r)\./.test(token) && token.split(".").length > 2;
+}
+
 export async function startVaultDouble(opts?: {
   tls?: { key: string | Buffer; cert: string | Buffer };
+  /** "oss" (default): the open-source server, no namespaces; "enterprise": namespaces modelled. */
+  edition?: "oss" | "enterprise";
 }): Promise<VaultDouble> {
+  const enterprise = opts?.edition === "enterprise";
   const tokens = new Map<string, StoredToken>();
   const requests: VaultDouble["requests"] = [];
   const timers = new Set<NodeJS.Timeout>();
@@ -363,7 +399,7 @@ export async function startVaultDouble(opts?: {
       explicit_max_ttl: 0,
       id: tok.id,
       meta: null,
-      num_uses: 0,
+      num_uses: tok.numUses,
       orphan: tok.type === "batch" || tok.policies.includes("root"),
       path: tok.policies.includes("root")
         ? "auth/token/root"
@@ -443,8 +479,7 @@ export async function startVaultDouble(opts?: {
       replication_performance_mode: "disabled",
       replication_dr_mode: "disabled",
       server_time_utc: Math.floor(Date.now() / 1000),
-      version: VAULT_DOUBLE_VERSION,
-      enterprise: true,
+      version: enterprise ? `${VAULT_DOUBLE_VERSION}+ent` : VAULT_DOUBLE_VERSION,
     };
     if (!sealed) {
       body.cluster_name = "vault-cluster-double";
@@ -483,30 +518,45 @@ export async function startVaultDouble(opts?: {
         clientToken = authz.slice("Bearer ".length).trim();
     }
     if (clientToken === "") {
-      sendError(res, 400, ERR_MISSING_TOKEN, method);
+      sendError(res, 403, ERR_PERMISSION_DENIED, method);
       return;
     }
-    const namespace = canonicalNamespace(
-      headerValue(req.headers["x-vault-namespace"]),
-    );
+    if (isMalformedToken(clientToken)) {
+      sendError(res, 500, ERR_NO_NAMESPACE, method);
+      return;
+    }
+    // The open-source server has no namespaces: the header means nothing to it.
+    const namespace = enterprise
+      ? canonicalNamespace(headerValue(req.headers["x-vault-namespace"]))
+      : "";
     const tok = findToken(clientToken, namespace);
     if (tok === undefined) {
-      sendError(res, 403, ERR_INVALID_TOKEN, method);
+      sendError(res, 403, ERR_PERMISSION_DENIED, method);
       return;
     }
+    // Every request a use-limited token authenticates spends a use; the last one leaves -1 (revocation
+    // pending), and the token is gone once that request is answered.
+    if (tok.numUses > 0) {
+      tok.numUses = tok.numUses === 1 ? -1 : tok.numUses - 1;
+      if (tok.numUses === -1) res.once("finish", () => (tok.revoked = true));
+    }
+    const isRoot = tok.policies.includes("root");
 
     const logicalPath = path.slice("/v1/".length);
     if (logicalPath === "auth/token/lookup-self") {
-      if (method !== "GET") {
-        sendError(res, 405, ERR_UNSUPPORTED_OPERATION, method);
+      // The default policy grants "read" here; POST (update) exists on the path but is not granted.
+      const allowed = method === "GET" || (isRoot && (method === "POST" || method === "PUT"));
+      if (!allowed) {
+        sendError(res, isRoot ? 405 : 403, isRoot ? ERR_UNSUPPORTED_OPERATION : ERR_PERMISSION_DENIED, method);
         return;
       }
       send(res, 200, envelope(lookupData(tok), "token"), method);
       return;
     }
     if (logicalPath === "sys/capabilities-self") {
+      // The default policy grants "update" here.
       if (method !== "POST" && method !== "PUT") {
-        sendError(res, 405, ERR_UNSUPPORTED_OPERATION, method);
+        sendError(res, isRoot ? 405 : 403, isRoot ? ERR_UNSUPPORTED_OPERATION : ERR_PERMISSION_DENIED, method);
         return;
       }
       let parsed: unknown = {};
@@ -565,7 +615,7 @@ export async function startVaultDouble(opts?: {
       sendError(res, 403, ERR_PERMISSION_DENIED, method);
       return;
     }
-    sendError(res, 404, undefined, method);
+    sendError(res, 404, `no handler for route "${logicalPath}". route entry not found.`, method);
   }
 
   const handler = (
@@ -687,18 +737,34 @@ export async function startVaultDouble(opts?: {
       ]
         .filter((p) => p !== "")
         .sort();
-      const ttlSeconds = t.ttlSeconds ?? 0;
+      const policies = sanitizePolicies(t.policies ?? []);
+      const ttlSeconds = t.ttlSeconds ?? (policies.includes("root") ? 0 : DEFAULT_TOKEN_TTL_SECONDS);
       if (!Number.isFinite(ttlSeconds) || ttlSeconds < 0)
         throw new Error("vault double: ttlSeconds must be >= 0");
+      const numUses = t.numUses ?? 0;
+      if (!Number.isInteger(numUses) || numUses < 0)
+        throw new Error("vault double: numUses must be an integer >= 0");
+      const displayName = t.displayName ?? "token";
+      if (!DISPLAY_NAME.test(displayName))
+        throw new Error(
+          `vault double: Vault prefixes display names with the auth method (token-..., userpass-..., ldap-...): "${displayName}"`,
+        );
+      const entityId = t.entityId ?? (identityPolicies.length > 0 ? randomUUID() : "");
+      if (entityId !== "" && !UUID.test(entityId))
+        throw new Error(`vault double: Vault entity ids are UUIDs: "${entityId}"`);
+      if (!enterprise && (t.namespace ?? "") !== "")
+        throw new Error(
+          'vault double: the open-source server has no namespaces (startVaultDouble({ edition: "enterprise" }))',
+        );
       tokens.set(token, {
         id: token,
-        policies: sanitizePolicies(t.policies ?? []),
+        policies,
         identityPolicies,
-        displayName: t.displayName ?? "token",
-        entityId:
-          t.entityId ?? (identityPolicies.length > 0 ? randomUUID() : ""),
+        displayName,
+        entityId,
         accessor: t.accessor ?? randomAccessor(),
         ttlSeconds,
+        numUses,
         namespace: canonicalNamespace(t.namespace),
         capabilities,
         type: t.type ?? "service",

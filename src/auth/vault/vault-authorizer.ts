@@ -96,10 +96,23 @@ function saysSealed(err: unknown): boolean {
   return Array.isArray(body?.errors) && body.errors.some((m) => typeof m === "string" && /sealed/i.test(m));
 }
 
+/** Vault 1.14 answers a token it cannot parse (`hvs.x.y`, a quote) with a 500 naming the namespace lookup. */
+function saysMalformedToken(err: unknown): boolean {
+  const res = (err as { response?: { statusCode?: unknown; body?: { errors?: unknown } } } | null)?.response;
+  const errors = res?.body?.errors;
+  return (
+    res?.statusCode === 500 &&
+    Array.isArray(errors) &&
+    errors.some((m) => typeof m === "string" && m.startsWith("failed to look up namespace from the token"))
+  );
+}
+
 interface CachedDecision {
   allowed: boolean;
   reason: string;
   actor: AuthDecision["actor"];
+  /** The token has a use limit: never cached, nor shared with concurrent callers. */
+  useLimited: boolean;
 }
 
 /**
@@ -164,8 +177,14 @@ export class VaultAuthorizer implements Authorizer {
         throw new Error(`vault.caFile (CARVE_VAULT_CA_FILE): cannot read ${config.caFile}: ${(err as Error).message}`);
       }
     }
-    if (config.address.startsWith("http://") && !/^http:\/\/(127\.|localhost[:/]|localhost$|\[::1\])/.test(config.address)) {
-      logger.warn({ vaultAddress: config.address }, "Vault address is plain http: responders' tokens cross the network in clear");
+    if (/^http:\/\//i.test(config.address)) {
+      const loopback = /^http:\/\/(127\.|localhost[:/]|localhost$|\[::1\])/i.test(config.address);
+      logger.warn(
+        { vaultAddress: config.address },
+        loopback
+          ? "Vault address is plain http (loopback: a dev server?): use https for any Vault that holds real tokens"
+          : "Vault address is plain http: responders' tokens cross the network in clear",
+      );
     }
     return new VaultAuthorizer({
       address: config.address,
@@ -191,30 +210,44 @@ export class VaultAuthorizer implements Authorizer {
     const ask = this.vaultQuestion(question);
     const key = this.cache.keyOf(token, ns, ask.cacheParts);
     const hit = this.cache.get(key);
-    if (hit) return { ...hit, cached: true };
-    const decision = await this.cache.shared(key, async () => {
-      const { data, notAfterMs } = await this.lookupSelf(token, ns);
-      const actor = {
-        displayName: data.display_name || null,
-        entityId: data.entity_id || null,
-        tokenFingerprint: this.fingerprint(token),
-      };
-      const policies = new Set([...(data.policies ?? []), ...(data.identity_policies ?? [])].map((p) => p.toLowerCase()));
-      let allowed: boolean;
-      let reason: string;
-      if (ask.kind === "policy") {
-        allowed = policies.has(ask.policy) || policies.has("root");
-        reason = allowed ? `policy ${policies.has(ask.policy) ? ask.policy : "root"}` : `policy ${ask.policy} missing`;
-      } else {
-        const caps = await this.capabilitiesSelf(token, ns, ask.path);
-        allowed = (caps.includes(ask.capability) || caps.includes("root")) && !caps.includes("deny");
-        reason = `capabilities on ${ask.path}: ${caps.join(",") || "none"}`;
-      }
-      const value: CachedDecision = { allowed, reason, actor };
-      this.cache.set(key, value, notAfterMs);
-      return value;
+    if (hit) return { allowed: hit.allowed, reason: hit.reason, actor: hit.actor, cached: true };
+    let mine = false;
+    const shared = await this.cache.shared(key, () => {
+      mine = true;
+      return this.ask(token, ns, ask, key);
     });
-    return { ...decision, cached: false };
+    // A use-limited token's answer is not handed to concurrent callers either: each spends its own use.
+    const decision = mine || !shared.useLimited ? shared : await this.ask(token, ns, ask, key);
+    return { allowed: decision.allowed, reason: decision.reason, actor: decision.actor, cached: false };
+  }
+
+  /** One fresh question to Vault; the answer is cached unless the token's ttl or use limit forbids it. */
+  private async ask(
+    token: string,
+    ns: string,
+    ask: ReturnType<VaultAuthorizer["vaultQuestion"]>,
+    key: string,
+  ): Promise<CachedDecision> {
+    const { data, notAfterMs } = await this.lookupSelf(token, ns);
+    const actor = {
+      displayName: data.display_name || null,
+      entityId: data.entity_id || null,
+      tokenFingerprint: this.fingerprint(token),
+    };
+    const policies = new Set([...(data.policies ?? []), ...(data.identity_policies ?? [])].map((p) => p.toLowerCase()));
+    let allowed: boolean;
+    let reason: string;
+    if (ask.kind === "policy") {
+      allowed = policies.has(ask.policy) || policies.has("root");
+      reason = allowed ? `policy ${policies.has(ask.policy) ? ask.policy : "root"}` : `policy ${ask.policy} missing`;
+    } else {
+      const caps = await this.capabilitiesSelf(token, ns, ask.path);
+      allowed = (caps.includes(ask.capability) || caps.includes("root")) && !caps.includes("deny");
+      reason = `capabilities on ${ask.path}: ${caps.join(",") || "none"}`;
+    }
+    const value: CachedDecision = { allowed, reason, actor, useLimited: (data.num_uses ?? 0) !== 0 };
+    this.cache.set(key, value, notAfterMs);
+    return value;
   }
 
   async close(): Promise<void> {
@@ -298,10 +331,11 @@ export class VaultAuthorizer implements Authorizer {
     const now = (this.options.now ?? Date.now)();
     // ttl (seconds left, by Vault's clock but relative, so immune to clock skew) bounds the cache; a token
     // with an expiry but ttl 0 is about to expire, and a use-limited token is asked every time (each
-    // cached answer would hide a use it meant to spend).
+    // cached answer would hide a use it meant to spend). Only 0 means unlimited: Vault reports -1 on a
+    // token's last use, which must not make it cacheable.
     const expires = (data.expire_time ?? "") !== "" || (data.ttl ?? 0) > 0;
     let notAfterMs = expires ? now + Math.max(0, data.ttl ?? 0) * 1000 : null;
-    if ((data.num_uses ?? 0) > 0) notAfterMs = now;
+    if ((data.num_uses ?? 0) !== 0) notAfterMs = now;
     return { data, notAfterMs };
   }
 
@@ -331,8 +365,10 @@ export class VaultAuthorizer implements Authorizer {
     const failure = describeVaultFailure(err, token);
     const cause = new VaultRequestError(failure);
     const status = failure.statusCode;
-    // Vault answers an unknown, expired, revoked or other-namespace token with 403 (400 when it is missing).
-    if (what === "token" && status !== null && (status === 403 || status === 401 || status === 400)) {
+    // Vault answers an unknown, expired, revoked or other-namespace token with 403 (older releases: 400
+    // when it is missing), and a token it cannot parse with 500 "failed to look up namespace from the
+    // token": all the caller's bad token, not an outage worth a warning.
+    if (what === "token" && status !== null && (status === 403 || status === 401 || status === 400 || saysMalformedToken(err))) {
       return new AppError("TOKEN_INVALID", undefined, { cause });
     }
     this.logger.warn({ vault: { endpoint, ...failure } }, "Vault request failed");

@@ -40,6 +40,7 @@ import type {
 } from "../carve-store.js";
 import { copyAgent, MAX_VERIFICATIONS_KEPT } from "../carve-store.js";
 import { decodeCursor, encodeAuditCursor, encodeCursor } from "../listing.js";
+import { checkMongoServer } from "../mongo-server-check.js";
 
 /*
  * MongoDB GridFS backend, shared by any number of service processes.
@@ -237,6 +238,7 @@ export class GridFsCarveStore implements CarveStore {
     });
     try {
       await client.connect();
+      await checkMongoServer(client.db("admin"), options.logger);
       const store = new GridFsCarveStore(client, client.db(options.database), options);
       await store.ensureIndexes();
       return store;
