@@ -134,7 +134,27 @@ export async function spawnNodeService(opts: {
   cwd?: string;
   timeoutMs?: number;
 }): Promise<NodeChild> {
-  const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), opts.script], {
+  return spawnService({
+    ...opts,
+    name: path.basename(opts.script),
+    command: process.execPath,
+    args: [...(opts.nodeArgs ?? []), opts.script],
+  });
+}
+
+/** Runs `command args` (any executable, e.g. the Go reference server) like spawnNodeService. */
+export async function spawnService(opts: {
+  /** For error messages (default: the command's file name). */
+  name?: string;
+  command: string;
+  args: string[];
+  env: Record<string, string>;
+  port: number;
+  cwd?: string;
+  timeoutMs?: number;
+}): Promise<NodeChild> {
+  const name = opts.name ?? path.basename(opts.command);
+  const proc = spawn(opts.command, opts.args, {
     cwd: opts.cwd ?? ROOT,
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", ...opts.env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -160,7 +180,7 @@ export async function spawnNodeService(opts: {
   const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
   for (;;) {
     if (exitCode !== undefined) {
-      throw new Error(`${opts.script} exited with ${String(exitCode)} before listening:\n${lines.join("\n")}`);
+      throw new Error(`${name} exited with ${String(exitCode)} before listening:\n${lines.join("\n")}`);
     }
     try {
       const res = await fetch(`${url}/status`, { signal: AbortSignal.timeout(2000) });
@@ -171,12 +191,12 @@ export async function spawnNodeService(opts: {
     }
     if (Date.now() > deadline) {
       proc.kill("SIGKILL");
-      throw new Error(`${opts.script} did not answer GET /status:\n${lines.join("\n")}`);
+      throw new Error(`${name} did not answer GET /status:\n${lines.join("\n")}`);
     }
     await sleep(50);
   }
   const pid = proc.pid;
-  if (pid === undefined) throw new Error(`${opts.script}: no pid`);
+  if (pid === undefined) throw new Error(`${name}: no pid`);
   return {
     proc,
     pid,
@@ -192,4 +212,26 @@ export async function spawnNodeService(opts: {
       return code;
     },
   };
+}
+
+/** Busy and total CPU time of the whole machine so far, in clock ticks summed over all CPUs (/proc/stat). */
+export async function readMachineCpu(): Promise<{ busy: number; total: number } | null> {
+  let text: string;
+  try {
+    text = await readFile("/proc/stat", "utf8");
+  } catch {
+    return null;
+  }
+  const line = text.split("\n").find((l) => l.startsWith("cpu "));
+  if (!line) return null;
+  // user nice system idle iowait irq softirq steal (guest times are already in user/nice).
+  const v = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = v.reduce((a, b) => a + b, 0);
+  const idle = (v[3] ?? 0) + (v[4] ?? 0);
+  return { busy: total - idle, total };
+}
+
+/** Seconds of one core per clock tick of /proc/stat. */
+export function secondsPerTick(): number {
+  return 1 / ticksPerSecond();
 }
