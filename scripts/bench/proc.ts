@@ -3,7 +3,7 @@
  * memory (VmRSS sampled, VmHWM at the end) and CPU time from /proc, stop it with SIGTERM.
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -234,4 +234,42 @@ export async function readMachineCpu(): Promise<{ busy: number; total: number } 
 /** Seconds of one core per clock tick of /proc/stat. */
 export function secondsPerTick(): number {
   return 1 / ticksPerSecond();
+}
+
+/** CPU seconds so far of each thread of a live process, by thread id, with the thread's name (comm). */
+export async function readThreadCpu(pid: number): Promise<Map<number, { name: string; seconds: number }>> {
+  const out = new Map<number, { name: string; seconds: number }>();
+  let tids: string[];
+  try {
+    tids = await readdir(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const text = await readFile(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const name = text.slice(text.indexOf("(") + 1, text.lastIndexOf(")"));
+      const rest = text.slice(text.lastIndexOf(")") + 2).split(" ");
+      out.set(Number(tid), { name, seconds: (Number(rest[11]) + Number(rest[12])) / ticksPerSecond() });
+    } catch {
+      // the thread ended
+    }
+  }
+  return out;
+}
+
+/**
+ * CPU seconds per thread name between two readThreadCpu snapshots (Node: "node" is the main thread running
+ * JavaScript, "libuv-worker" the thread pool doing file I/O, "V8 DefaultWorke" V8's helpers: GC, compiling).
+ */
+export function threadCpuDelta(
+  before: Map<number, { name: string; seconds: number }>,
+  after: Map<number, { name: string; seconds: number }>,
+): Record<string, number> {
+  const byName: Record<string, number> = {};
+  for (const [tid, t] of after) {
+    const d = t.seconds - (before.get(tid)?.seconds ?? 0);
+    if (d > 0) byName[t.name] = Math.round(((byName[t.name] ?? 0) + d) * 1000) / 1000;
+  }
+  return byName;
 }

@@ -49,7 +49,9 @@ export interface CaseResult {
   driverCpuPercent: number;
   driverCpuUsPerBlock: number;
   /** "driver" when the driver used at least as much CPU as the target: the target was not what saturated. */
-  bottleneck: "server" | "driver";
+  bottleneck: "server" | "driver" | "database";
+  /** The target's CPU seconds in the run by thread name (/proc/<pid>/task): main thread, thread pool, GC. */
+  threadCpuSeconds: Record<string, number>;
   /** GridFS only: CPU of the MongoDB-wire server (mongo-java-server JVM) / wall time. */
   dbCpuPercent: number | null;
   dbCpuUsPerBlock: number | null;
@@ -170,7 +172,7 @@ export function markdownTable(rows: CaseResult[]): string {
         `${f(r.peakRssBytes / MB)} (${f(r.idleRssBytes / MB, 0)})`,
         `${f(r.serviceCpuPercent, 0)}%`,
         `${f(r.driverCpuPercent, 0)}%`,
-        r.bottleneck === "driver" ? "**driver**" : "server",
+        r.bottleneck === "driver" ? "**driver**" : r.bottleneck,
         dbCell(r.dbCpuPercent, r.dbRoundTripsPerBlock),
         r.otherCpuPercent === null ? "-" : `${f(r.otherCpuPercent, 0)}%`,
         r.ratioToBare === null && r.target !== "bare"
@@ -204,6 +206,24 @@ function medianOrNull(values: Array<number | null>): number | null {
   return xs.length > 0 ? median(xs) : null;
 }
 
+function threadShares(runs: CaseResult[]): string {
+  const names = new Set(runs.flatMap((r) => Object.keys(r.threadCpuSeconds)));
+  const shares = [...names].map((name): [string, number] => [
+    name,
+    median(
+      runs.map((r) => {
+        const total = Object.values(r.threadCpuSeconds).reduce((a, b) => a + b, 0);
+        return total > 0 ? (r.threadCpuSeconds[name] ?? 0) / total : 0;
+      }),
+    ),
+  ]);
+  return shares
+    .filter(([, x]) => x >= 0.01)
+    .sort((a, b) => b[1] - a[1])
+    .map(([name, x]) => `${name} ${(100 * x).toFixed(0)}%`)
+    .join(", ");
+}
+
 /** (max - min) / median: 0 for one run. */
 export function spread(values: number[]): number {
   const m = median(values);
@@ -233,6 +253,8 @@ export interface CaseGroup {
   medianOtherCpuPercent: number | null;
   /** Runs the driver, not the target, paced. */
   driverPaced: number;
+  /** Median share of the target's CPU per thread name, e.g. "node 71%, libuv-worker 20%, V8 DefaultWorke 9%". */
+  threadShares: string;
   medianDbCpuUsPerBlock: number | null;
   medianDbRoundTripsPerBlock: number | null;
   /** (max - min) / median over the runs, of CPU per block and of blocks/s: how noisy each figure was. */
@@ -271,6 +293,7 @@ export function groupCases(rows: CaseResult[]): CaseGroup[] {
       medianServiceCpuPercent: median(runs.map((r) => r.serviceCpuPercent)),
       medianOtherCpuPercent: medianOrNull(runs.map((r) => r.otherCpuPercent)),
       driverPaced: runs.filter((r) => r.bottleneck === "driver").length,
+      threadShares: threadShares(runs),
       medianDbCpuUsPerBlock: medianOrNull(runs.map((r) => r.dbCpuUsPerBlock)),
       medianDbRoundTripsPerBlock: medianOrNull(runs.map((r) => r.dbRoundTripsPerBlock)),
       cpuSpread: spread(runs.map((r) => r.serviceCpuUsPerBlock)),
@@ -297,6 +320,7 @@ export function summaryTable(groups: CaseGroup[]): string {
     "peak RSS MB (max)",
     "svc / drv CPU",
     "paced by",
+    "svc CPU by thread",
     "db CPU us/block, round trips/block",
     "others' CPU",
     "spread CPU / blocks/s",
@@ -320,7 +344,8 @@ export function summaryTable(groups: CaseGroup[]): string {
         f(g.medianThroughputMBps),
         f(g.maxPeakRssBytes / MB),
         `${f(g.medianServiceCpuPercent, 0)}% / ${f(g.medianDriverCpuPercent, 0)}%`,
-        g.driverPaced > 0 ? `**driver in ${g.driverPaced} of ${g.runs.length}**` : "server",
+        g.driverPaced > 0 ? `**driver in ${g.driverPaced} of ${g.runs.length}**` : (g.runs[0]?.bottleneck ?? "-"),
+        g.threadShares,
         g.medianDbCpuUsPerBlock === null
           ? "-"
           : `${f(g.medianDbCpuUsPerBlock, 0)}, ${g.medianDbRoundTripsPerBlock === null ? "-" : f(g.medianDbRoundTripsPerBlock, 2)}`,

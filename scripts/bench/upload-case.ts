@@ -10,7 +10,15 @@ import path from "node:path";
 
 import type { DriveResult, DriveSpec } from "./load-driver.js";
 import { summarizeProfileFile, type ProfileSummary } from "./profile.js";
-import { readCpuSeconds, readMachineCpu, readMemory, RssSampler, secondsPerTick } from "./proc.js";
+import {
+  readCpuSeconds,
+  readMachineCpu,
+  readMemory,
+  readThreadCpu,
+  RssSampler,
+  secondsPerTick,
+  threadCpuDelta,
+} from "./proc.js";
 import { MiB, MB, ratioMetricFor, type CaseResult } from "./report.js";
 import { startTarget, type BuildSnapshot, type MongoWire, type TargetKind } from "./targets.js";
 import { wireDelta } from "./wire-counter.js";
@@ -79,10 +87,15 @@ async function newestProfile(dir: string): Promise<string | null> {
 
 /**
  * Who set the pace: the driver when it used at least as much CPU as the server (the server was then waiting
- * for requests), the server otherwise.
+ * for requests), the database (GridFS) when it used more than the server, the server otherwise.
  */
-export function bottleneckOf(serviceCpuPercent: number, driverCpuPercent: number): "server" | "driver" {
-  return driverCpuPercent >= serviceCpuPercent ? "driver" : "server";
+export function bottleneckOf(
+  serviceCpuPercent: number,
+  driverCpuPercent: number,
+  dbCpuPercent: number | null,
+): "server" | "driver" | "database" {
+  if (driverCpuPercent >= serviceCpuPercent && driverCpuPercent >= (dbCpuPercent ?? 0)) return "driver";
+  return dbCpuPercent !== null && dbCpuPercent > serviceCpuPercent ? "database" : "server";
 }
 
 export async function runCase(opts: CaseOptions): Promise<CaseResult> {
@@ -109,6 +122,7 @@ export async function runCase(opts: CaseOptions): Promise<CaseResult> {
     const dbPid = kind === "gridfs" ? (opts.mongo?.pid ?? null) : null;
     let loadavg1 = 0;
     let cpu0 = 0;
+    let threads0 = new Map<number, { name: string; seconds: number }>();
     let db0: number | null = null;
     let machine0: { busy: number; total: number } | null = null;
     let wire0 = target.wire?.snapshot();
@@ -124,6 +138,7 @@ export async function runCase(opts: CaseOptions): Promise<CaseResult> {
       async () => {
         loadavg1 = os.loadavg()[0] ?? 0;
         sampler.start();
+        threads0 = await readThreadCpu(pid);
         cpu0 = (await readCpuSeconds(pid)) ?? 0;
         db0 = dbPid !== null ? await readCpuSeconds(dbPid) : null;
         machine0 = await readMachineCpu();
@@ -131,6 +146,7 @@ export async function runCase(opts: CaseOptions): Promise<CaseResult> {
       },
     );
     const cpu1 = (await readCpuSeconds(pid)) ?? cpu0;
+    const threadCpu = threadCpuDelta(threads0, await readThreadCpu(pid));
     const db1 = dbPid !== null ? await readCpuSeconds(dbPid) : null;
     const machine1 = await readMachineCpu();
     const wire1 = target.wire?.snapshot();
@@ -208,7 +224,8 @@ export async function runCase(opts: CaseOptions): Promise<CaseResult> {
       serviceCpuMsPerMiB: mib > 0 ? (1e3 * svcCpu) / mib : Number.NaN,
       driverCpuPercent,
       driverCpuUsPerBlock: blocks > 0 ? (1e6 * drvCpu) / blocks : Number.NaN,
-      bottleneck: bottleneckOf(serviceCpuPercent, driverCpuPercent),
+      bottleneck: bottleneckOf(serviceCpuPercent, driverCpuPercent, dbCpu !== null ? (100 * dbCpu) / wallS : null),
+      threadCpuSeconds: threadCpu,
       dbCpuPercent: dbCpu !== null ? (100 * dbCpu) / wallS : null,
       dbCpuUsPerBlock: dbCpu !== null && blocks > 0 ? (1e6 * dbCpu) / blocks : null,
       dbRoundTripsPerBlock: wire && blocks > 0 ? wire.carveMessages / blocks : null,
