@@ -52,6 +52,12 @@ export async function readMemory(pid: number): Promise<{ rss: number; hwm: numbe
 
 /** User + system CPU seconds a live process has used so far (null when it is gone). */
 export async function readCpuSeconds(pid: number): Promise<number | null> {
+  const t = await readCpuTimes(pid);
+  return t === null ? null : t.user + t.system;
+}
+
+/** User and system (kernel: syscalls such as socket and file writes) CPU seconds of a live process so far. */
+export async function readCpuTimes(pid: number): Promise<{ user: number; system: number } | null> {
   let text: string;
   try {
     text = await readFile(`/proc/${pid}/stat`, "utf8");
@@ -63,7 +69,7 @@ export async function readCpuSeconds(pid: number): Promise<number | null> {
   const utime = Number(rest[11]);
   const stime = Number(rest[12]);
   if (!Number.isFinite(utime) || !Number.isFinite(stime)) return null;
-  return (utime + stime) / ticksPerSecond();
+  return { user: utime / ticksPerSecond(), system: stime / ticksPerSecond() };
 }
 
 /** Samples VmRSS every `intervalMs` and keeps the maximum. */
@@ -248,7 +254,9 @@ export async function readThreadCpu(pid: number): Promise<Map<number, { name: st
   for (const tid of tids) {
     try {
       const text = await readFile(`/proc/${pid}/task/${tid}/stat`, "utf8");
-      const name = text.slice(text.indexOf("(") + 1, text.lastIndexOf(")"));
+      // Node names all its threads "node": the main thread (JavaScript) is the one whose id is the pid.
+      const comm = text.slice(text.indexOf("(") + 1, text.lastIndexOf(")"));
+      const name = Number(tid) === pid ? "main" : `${comm} threads`;
       const rest = text.slice(text.lastIndexOf(")") + 2).split(" ");
       out.set(Number(tid), { name, seconds: (Number(rest[11]) + Number(rest[12])) / ticksPerSecond() });
     } catch {
@@ -259,8 +267,9 @@ export async function readThreadCpu(pid: number): Promise<Map<number, { name: st
 }
 
 /**
- * CPU seconds per thread name between two readThreadCpu snapshots (Node: "node" is the main thread running
- * JavaScript, "libuv-worker" the thread pool doing file I/O, "V8 DefaultWorke" V8's helpers: GC, compiling).
+ * CPU seconds per thread name between two readThreadCpu snapshots: "main" (for Node the thread running
+ * JavaScript), "<name> threads" the others (Node: the libuv pool doing asynchronous file I/O and V8's
+ * helpers, GC and compiling; Go: all of its threads).
  */
 export function threadCpuDelta(
   before: Map<number, { name: string; seconds: number }>,

@@ -52,6 +52,8 @@ export interface CaseResult {
   bottleneck: "server" | "driver" | "database";
   /** The target's CPU seconds in the run by thread name (/proc/<pid>/task): main thread, thread pool, GC. */
   threadCpuSeconds: Record<string, number>;
+  /** Share of the target's CPU spent in the kernel (stime / (utime + stime)): syscalls, loopback TCP. */
+  serviceSystemShare: number | null;
   /** GridFS only: CPU of the MongoDB-wire server (mongo-java-server JVM) / wall time. */
   dbCpuPercent: number | null;
   dbCpuUsPerBlock: number | null;
@@ -255,6 +257,7 @@ export interface CaseGroup {
   driverPaced: number;
   /** Median share of the target's CPU per thread name, e.g. "node 71%, libuv-worker 20%, V8 DefaultWorke 9%". */
   threadShares: string;
+  medianSystemShare: number | null;
   medianDbCpuUsPerBlock: number | null;
   medianDbRoundTripsPerBlock: number | null;
   /** (max - min) / median over the runs, of CPU per block and of blocks/s: how noisy each figure was. */
@@ -294,6 +297,7 @@ export function groupCases(rows: CaseResult[]): CaseGroup[] {
       medianOtherCpuPercent: medianOrNull(runs.map((r) => r.otherCpuPercent)),
       driverPaced: runs.filter((r) => r.bottleneck === "driver").length,
       threadShares: threadShares(runs),
+      medianSystemShare: medianOrNull(runs.map((r) => r.serviceSystemShare)),
       medianDbCpuUsPerBlock: medianOrNull(runs.map((r) => r.dbCpuUsPerBlock)),
       medianDbRoundTripsPerBlock: medianOrNull(runs.map((r) => r.dbRoundTripsPerBlock)),
       cpuSpread: spread(runs.map((r) => r.serviceCpuUsPerBlock)),
@@ -320,7 +324,7 @@ export function summaryTable(groups: CaseGroup[]): string {
     "peak RSS MB (max)",
     "svc / drv CPU",
     "paced by",
-    "svc CPU by thread",
+    "svc CPU by thread; kernel share",
     "db CPU us/block, round trips/block",
     "others' CPU",
     "spread CPU / blocks/s",
@@ -345,7 +349,7 @@ export function summaryTable(groups: CaseGroup[]): string {
         f(g.maxPeakRssBytes / MB),
         `${f(g.medianServiceCpuPercent, 0)}% / ${f(g.medianDriverCpuPercent, 0)}%`,
         g.driverPaced > 0 ? `**driver in ${g.driverPaced} of ${g.runs.length}**` : (g.runs[0]?.bottleneck ?? "-"),
-        g.threadShares,
+        `${g.threadShares}; kernel ${g.medianSystemShare === null ? "-" : `${(100 * g.medianSystemShare).toFixed(0)}%`}`,
         g.medianDbCpuUsPerBlock === null
           ? "-"
           : `${f(g.medianDbCpuUsPerBlock, 0)}, ${g.medianDbRoundTripsPerBlock === null ? "-" : f(g.medianDbRoundTripsPerBlock, 2)}`,

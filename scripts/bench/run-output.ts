@@ -97,16 +97,12 @@ export async function writeOutputs(o: RunOutput): Promise<void> {
     .join("\n\n");
   const uploadMd = runUploads
     ? [
-        ...(repeat > 1
-          ? [
-              `## Summary (${repeat} interleaved runs per case)`,
-              "",
-              summaryTable(groupCases(rows)),
-              "",
-              "## Every run",
-              "",
-            ]
-          : []),
+        `## Summary (${repeat === 1 ? "1 run" : `${repeat} interleaved runs`} per case)`,
+        "",
+        summaryTable(groupCases(rows)),
+        "",
+        "## Every run",
+        "",
         markdownTable(rows),
         "",
       ]

@@ -12,6 +12,7 @@ import type { DriveResult, DriveSpec } from "./load-driver.js";
 import { summarizeProfileFile, type ProfileSummary } from "./profile.js";
 import {
   readCpuSeconds,
+  readCpuTimes,
   readMachineCpu,
   readMemory,
   readThreadCpu,
@@ -122,6 +123,7 @@ export async function runCase(opts: CaseOptions): Promise<CaseResult> {
     const dbPid = kind === "gridfs" ? (opts.mongo?.pid ?? null) : null;
     let loadavg1 = 0;
     let cpu0 = 0;
+    let times0: { user: number; system: number } | null = null;
     let threads0 = new Map<number, { name: string; seconds: number }>();
     let db0: number | null = null;
     let machine0: { busy: number; total: number } | null = null;
@@ -139,13 +141,17 @@ export async function runCase(opts: CaseOptions): Promise<CaseResult> {
         loadavg1 = os.loadavg()[0] ?? 0;
         sampler.start();
         threads0 = await readThreadCpu(pid);
-        cpu0 = (await readCpuSeconds(pid)) ?? 0;
+        times0 = await readCpuTimes(pid);
+        cpu0 = times0 === null ? 0 : times0.user + times0.system;
         db0 = dbPid !== null ? await readCpuSeconds(dbPid) : null;
         machine0 = await readMachineCpu();
         wire0 = target.wire?.snapshot();
       },
     );
-    const cpu1 = (await readCpuSeconds(pid)) ?? cpu0;
+    const times1 = await readCpuTimes(pid);
+    const cpu1 = times1 === null ? cpu0 : times1.user + times1.system;
+    const t0 = times0 as { user: number; system: number } | null;
+    const systemShare = t0 && times1 && cpu1 > cpu0 ? (times1.system - t0.system) / (cpu1 - cpu0) : null;
     const threadCpu = threadCpuDelta(threads0, await readThreadCpu(pid));
     const db1 = dbPid !== null ? await readCpuSeconds(dbPid) : null;
     const machine1 = await readMachineCpu();
@@ -226,6 +232,7 @@ export async function runCase(opts: CaseOptions): Promise<CaseResult> {
       driverCpuUsPerBlock: blocks > 0 ? (1e6 * drvCpu) / blocks : Number.NaN,
       bottleneck: bottleneckOf(serviceCpuPercent, driverCpuPercent, dbCpu !== null ? (100 * dbCpu) / wallS : null),
       threadCpuSeconds: threadCpu,
+      serviceSystemShare: systemShare,
       dbCpuPercent: dbCpu !== null ? (100 * dbCpu) / wallS : null,
       dbCpuUsPerBlock: dbCpu !== null && blocks > 0 ? (1e6 * dbCpu) / blocks : null,
       dbRoundTripsPerBlock: wire && blocks > 0 ? wire.carveMessages / blocks : null,
