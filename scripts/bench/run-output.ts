@@ -80,6 +80,14 @@ export async function writeOutputs(o: RunOutput): Promise<void> {
           `Downloads: ${downloads.carveBytes} bytes (${fmtSize(downloads.carveBytes)})${downloads.gridfsCarveBytes !== null && downloads.gridfsCarveBytes !== downloads.carveBytes ? `, on GridFS ${downloads.gridfsCarveBytes} bytes (${fmtSize(downloads.gridfsCarveBytes)})` : ""} of random data, ${downloads.curlVersion.split(" ").slice(0, 2).join(" ")} on the same 2 cores; MB/s = bytes received / curl's time_total (request sent to last byte, Vault check included); TTFB = curl's time_starttransfer; svc CPU = the serving child's CPU seconds / curl's wall seconds (100% = one core). RSS of the serving child: idle = VmRSS before its first download (fresh child, one metadata request served), before = when curl starts, peak = VmHWM since a clear_refs reset plus 100 ms samples, after = when curl exits and 1 s later; flat means peak - idle < 64 MB in every run.`,
         ]
       : []),
+    ...(runUploads && values["no-warmup"] !== true
+      ? [
+          "Warm-up: before the measured run every agent uploads one unmeasured carve (about 2000 blocks in all, 40 with 1 MiB blocks), so that JIT compilation of a fresh process is not counted as cost per block.",
+        ]
+      : []),
+    ...(runUploads && values["no-warmup"] === true
+      ? ["No warm-up (--no-warmup): a fresh process's JIT compilation is in the figures."]
+      : []),
     ...o.extraNotes,
     ...(profileRoot !== null ? ["Children ran with node --cpu-prof: sampling overhead lowers their figures."] : []),
     ...(values["log-level"] !== "warn" ? [`Service LOG_LEVEL=${values["log-level"]}.`] : []),

@@ -3,7 +3,7 @@
  * of the kind osquery users run today with the same simulated osquery agents, and compares them.
  *
  *   npm run bench -- [--backend filesystem|gridfs|all] [--matrix full|quick|cpu] [--quick] [--out bench/results]
- *                    [--agents 1,10,50] [--block-sizes 8KiB,1MiB] [--repeat N] [--skip-bare] [--skip-go]
+ *                    [--agents 1,10,50] [--block-sizes 8KiB,1MiB] [--repeat N] [--skip-bare] [--skip-go] [--no-warmup]
  *                    [--log-level warn] [--node-args="..."] [--service-env K=V] [--cpu-prof [--cpu-prof-dir DIR]]
  *                    [--only-downloads | --skip-downloads] [--download-size 1GiB] [--gridfs-download-size SIZE]
  *                    [--slow-reader 16M:8|off]
@@ -110,6 +110,8 @@ const USAGE = `npm run bench -- [options]
                                     and the goals use medians (RSS: the largest peak)
   --skip-bare                       do not run the bare server (no ratios)
   --skip-go                         do not run the Go reference server
+  --no-warmup                       measure from the target's first request (default: every agent first
+                                    uploads an unmeasured carve, ~2000 blocks in all, 40 with 1 MiB blocks)
   --log-level LEVEL                 the service's LOG_LEVEL (default warn)
   --node-args="ARGS"                extra node options for the service children (e.g. "--max-old-space-size=64")
   --service-dist DIR                measure another compiled service: DIR/src/main.js (default dist)
@@ -187,6 +189,7 @@ async function main(): Promise<number> {
       repeat: { type: "string" },
       "skip-bare": { type: "boolean", default: false },
       "skip-go": { type: "boolean", default: false },
+      "no-warmup": { type: "boolean", default: false },
       matrix: { type: "string" },
       "log-level": { type: "string", default: "warn" },
       "node-args": { type: "string", default: "" },
@@ -335,6 +338,7 @@ async function main(): Promise<number> {
           logLevel: values["log-level"],
           mongo,
           goBinary,
+          warmup: !values["no-warmup"],
           profileDir,
           serviceNodeArgs,
           serviceEnv,

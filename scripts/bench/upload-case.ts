@@ -44,9 +44,15 @@ export interface CaseOptions {
   profileDir: string | null;
   serviceNodeArgs: string[];
   serviceEnv: Record<string, string>;
+  /** Warm the target up (load-driver.ts warmupBlocks) before the measured run. */
+  warmup: boolean;
   cleanups: Set<() => Promise<void>>;
   log: (line: string) => void;
 }
+
+/** Warm-up blocks over all agents: about 2000 requests, or 40 MiB with 1 MiB blocks (not measured). */
+const WARMUP_BLOCKS = 2000;
+const WARMUP_MIB_BLOCKS = 40;
 
 const DRIVER_SCRIPT = path.join(import.meta.dirname, "load-driver.js");
 
@@ -136,6 +142,9 @@ export async function runCase(opts: CaseOptions): Promise<CaseResult> {
         archivePath: opts.archivePath,
         blockSize: def.blockSize,
         agents: def.agents,
+        warmupBlocks: opts.warmup
+          ? Math.ceil((def.blockSize >= MiB ? WARMUP_MIB_BLOCKS : WARMUP_BLOCKS) / def.agents)
+          : 0,
       },
       async () => {
         loadavg1 = os.loadavg()[0] ?? 0;

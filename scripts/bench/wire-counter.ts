@@ -10,7 +10,16 @@ import net from "node:net";
 
 const OP_MSG = 2013;
 /** Monitoring and handshakes, not caused by carve traffic. */
-export const MONITORING_COMMANDS = new Set(["hello", "ismaster", "isMaster", "ping", "buildInfo", "endSessions"]);
+export const MONITORING_COMMANDS = new Set([
+  "hello",
+  "ismaster",
+  "isMaster",
+  "ping",
+  "buildInfo",
+  "endSessions",
+  // OP_QUERY: only the legacy handshake of a new connection.
+  "opCode 2004",
+]);
 
 export interface WireCounts {
   messages: number;
