@@ -18,7 +18,7 @@ const run = promisify(execFile);
 export const GO_SOURCE_DIR = path.join(ROOT, "scripts/bench/go-carve-server");
 
 export const GO_MISSING =
-  "the Go reference server needs the Go toolchain (1.22 or later) on PATH: install it (Debian/Ubuntu: " +
+  "the Go reference server needs the Go toolchain (1.18 or later) on PATH: install it (Debian/Ubuntu: " +
   "apt-get install golang-go, or https://go.dev/dl/) and run the bench again";
 
 export type GoServerBuild =

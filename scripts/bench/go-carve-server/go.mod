@@ -1,3 +1,3 @@
 module osquery-carve-server/bench/go-carve-server
 
-go 1.22
+go 1.18

@@ -163,9 +163,19 @@ func main() {
 	}
 	s := &server{dir: *dir, sessions: map[string]*session{}}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /start_uploads", s.start)
-	mux.HandleFunc("POST /upload_blocks", s.block)
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+	// Plain paths and a method check, not Go 1.22 method patterns: distributions still ship older Go.
+	post := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodPost {
+				fail(w, http.StatusMethodNotAllowed, "POST only")
+				return
+			}
+			h(w, r)
+		}
+	}
+	mux.HandleFunc("/start_uploads", post(s.start))
+	mux.HandleFunc("/upload_blocks", post(s.block))
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	ln, err := net.Listen("tcp", net.JoinHostPort(*host, fmt.Sprint(*port)))
