@@ -1,6 +1,8 @@
 /**
- * The load: N simulated osquery agents at once, each uploading its own carve (fresh carve id) of the same
- * source file through the agent emulator's code path (runCarve), each over its own keep-alive connection.
+ * Uploads through the agent emulator's code path (runCarve): N agents at once, each its own carve (fresh carve
+ * id) of the same source file over its own keep-alive connection. The download benchmark uploads its carve
+ * with it; the upload cases use the lighter scripts/bench/load-driver.ts, whose CPU does not rival the bare
+ * server's.
  */
 import http from "node:http";
 import { performance } from "node:perf_hooks";

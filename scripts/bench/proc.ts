@@ -3,7 +3,7 @@
  * memory (VmRSS sampled, VmHWM at the end) and CPU time from /proc, stop it with SIGTERM.
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -52,6 +52,12 @@ export async function readMemory(pid: number): Promise<{ rss: number; hwm: numbe
 
 /** User + system CPU seconds a live process has used so far (null when it is gone). */
 export async function readCpuSeconds(pid: number): Promise<number | null> {
+  const t = await readCpuTimes(pid);
+  return t === null ? null : t.user + t.system;
+}
+
+/** User and system (kernel: syscalls such as socket and file writes) CPU seconds of a live process so far. */
+export async function readCpuTimes(pid: number): Promise<{ user: number; system: number } | null> {
   let text: string;
   try {
     text = await readFile(`/proc/${pid}/stat`, "utf8");
@@ -63,7 +69,7 @@ export async function readCpuSeconds(pid: number): Promise<number | null> {
   const utime = Number(rest[11]);
   const stime = Number(rest[12]);
   if (!Number.isFinite(utime) || !Number.isFinite(stime)) return null;
-  return (utime + stime) / ticksPerSecond();
+  return { user: utime / ticksPerSecond(), system: stime / ticksPerSecond() };
 }
 
 /** Samples VmRSS every `intervalMs` and keeps the maximum. */
@@ -134,7 +140,27 @@ export async function spawnNodeService(opts: {
   cwd?: string;
   timeoutMs?: number;
 }): Promise<NodeChild> {
-  const proc = spawn(process.execPath, [...(opts.nodeArgs ?? []), opts.script], {
+  return spawnService({
+    ...opts,
+    name: path.basename(opts.script),
+    command: process.execPath,
+    args: [...(opts.nodeArgs ?? []), opts.script],
+  });
+}
+
+/** Runs `command args` (any executable, e.g. the Go reference server) like spawnNodeService. */
+export async function spawnService(opts: {
+  /** For error messages (default: the command's file name). */
+  name?: string;
+  command: string;
+  args: string[];
+  env: Record<string, string>;
+  port: number;
+  cwd?: string;
+  timeoutMs?: number;
+}): Promise<NodeChild> {
+  const name = opts.name ?? path.basename(opts.command);
+  const proc = spawn(opts.command, opts.args, {
     cwd: opts.cwd ?? ROOT,
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", ...opts.env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -160,7 +186,7 @@ export async function spawnNodeService(opts: {
   const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
   for (;;) {
     if (exitCode !== undefined) {
-      throw new Error(`${opts.script} exited with ${String(exitCode)} before listening:\n${lines.join("\n")}`);
+      throw new Error(`${name} exited with ${String(exitCode)} before listening:\n${lines.join("\n")}`);
     }
     try {
       const res = await fetch(`${url}/status`, { signal: AbortSignal.timeout(2000) });
@@ -171,12 +197,12 @@ export async function spawnNodeService(opts: {
     }
     if (Date.now() > deadline) {
       proc.kill("SIGKILL");
-      throw new Error(`${opts.script} did not answer GET /status:\n${lines.join("\n")}`);
+      throw new Error(`${name} did not answer GET /status:\n${lines.join("\n")}`);
     }
     await sleep(50);
   }
   const pid = proc.pid;
-  if (pid === undefined) throw new Error(`${opts.script}: no pid`);
+  if (pid === undefined) throw new Error(`${name}: no pid`);
   return {
     proc,
     pid,
@@ -192,4 +218,67 @@ export async function spawnNodeService(opts: {
       return code;
     },
   };
+}
+
+/** Busy and total CPU time of the whole machine so far, in clock ticks summed over all CPUs (/proc/stat). */
+export async function readMachineCpu(): Promise<{ busy: number; total: number } | null> {
+  let text: string;
+  try {
+    text = await readFile("/proc/stat", "utf8");
+  } catch {
+    return null;
+  }
+  const line = text.split("\n").find((l) => l.startsWith("cpu "));
+  if (!line) return null;
+  // user nice system idle iowait irq softirq steal (guest times are already in user/nice).
+  const v = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = v.reduce((a, b) => a + b, 0);
+  const idle = (v[3] ?? 0) + (v[4] ?? 0);
+  return { busy: total - idle, total };
+}
+
+/** Seconds of one core per clock tick of /proc/stat. */
+export function secondsPerTick(): number {
+  return 1 / ticksPerSecond();
+}
+
+/** CPU seconds so far of each thread of a live process, by thread id, with the thread's name (comm). */
+export async function readThreadCpu(pid: number): Promise<Map<number, { name: string; seconds: number }>> {
+  const out = new Map<number, { name: string; seconds: number }>();
+  let tids: string[];
+  try {
+    tids = await readdir(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const text = await readFile(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      // Node names all its threads "node": the main thread (JavaScript) is the one whose id is the pid.
+      const comm = text.slice(text.indexOf("(") + 1, text.lastIndexOf(")"));
+      const name = Number(tid) === pid ? "main" : `${comm} threads`;
+      const rest = text.slice(text.lastIndexOf(")") + 2).split(" ");
+      out.set(Number(tid), { name, seconds: (Number(rest[11]) + Number(rest[12])) / ticksPerSecond() });
+    } catch {
+      // the thread ended
+    }
+  }
+  return out;
+}
+
+/**
+ * CPU seconds per thread name between two readThreadCpu snapshots: "main" (for Node the thread running
+ * JavaScript), "<name> threads" the others (Node: the libuv pool doing asynchronous file I/O and V8's
+ * helpers, GC and compiling; Go: all of its threads).
+ */
+export function threadCpuDelta(
+  before: Map<number, { name: string; seconds: number }>,
+  after: Map<number, { name: string; seconds: number }>,
+): Record<string, number> {
+  const byName: Record<string, number> = {};
+  for (const [tid, t] of after) {
+    const d = t.seconds - (before.get(tid)?.seconds ?? 0);
+    if (d > 0) byName[t.name] = Math.round(((byName[t.name] ?? 0) + d) * 1000) / 1000;
+  }
+  return byName;
 }

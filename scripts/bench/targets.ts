@@ -11,11 +11,13 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { MongoClient } from "mongodb";
 
-import { freePort, ROOT, spawnNodeService, type NodeChild } from "./proc.js";
+import { freePort, ROOT, spawnNodeService, spawnService as spawnProcess, type NodeChild } from "./proc.js";
+import { startWireCounter, type WireCounter } from "./wire-counter.js";
 
 const run = promisify(execFile);
 
-export type TargetKind = "bare" | "filesystem" | "gridfs";
+/** bare: scripts/bench/bare-server.ts; go: scripts/bench/go-carve-server; filesystem, gridfs: the service. */
+export type TargetKind = "bare" | "go" | "filesystem" | "gridfs";
 
 export const BUCKET = "carves";
 
@@ -31,6 +33,8 @@ export interface RunningTarget {
   verify(carveId: string, expectedSha256: string, size: number): Promise<Verification>;
   /** Stops the child if it still runs, then removes its data (directory or database). */
   dispose(): Promise<void>;
+  /** GridFS: counts the service's messages to the database (its connection goes through it). */
+  wire?: WireCounter;
 }
 
 export interface TargetOptions {
@@ -44,6 +48,8 @@ export interface TargetOptions {
   /** Extra environment of the service child (not the bare server), e.g. MALLOC_ARENA_MAX. */
   serviceEnv: Record<string, string>;
   mongo?: MongoWire;
+  /** The built Go reference server (scripts/bench/go-server.ts), for the go target. */
+  goBinary?: string;
 }
 
 /** Writes `bytes` random bytes (the "archive": raw random data, incompressible). */
@@ -194,6 +200,22 @@ export async function spawnService(
   });
 }
 
+/** Waits for `file` (completion happens inside the last block's request; allow a moment anyway), checks it. */
+async function verifyFile(file: string, expected: string, size: number): Promise<Verification> {
+  for (let i = 0; ; i++) {
+    try {
+      const st = await stat(file);
+      if (st.size !== size) return { ok: false, detail: `${file}: ${st.size} bytes, expected ${size}` };
+      break;
+    } catch {
+      if (i >= 50) return { ok: false, detail: `${file} does not exist` };
+      await sleep(100);
+    }
+  }
+  const actual = await sha256OfFile(file);
+  return actual === expected ? { ok: true } : { ok: false, detail: `${file}: sha256 ${actual}, expected ${expected}` };
+}
+
 export async function startTarget(kind: TargetKind, opts: TargetOptions): Promise<RunningTarget> {
   const port = await freePort();
   if (kind === "bare") {
@@ -215,29 +237,32 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
   }
 
   const dataDir = await mkdtemp(path.join(opts.tmpRoot, `${kind}-`));
+  if (kind === "go") {
+    if (opts.goBinary === undefined) throw new Error("go target needs the built Go reference server");
+    const child = await spawnProcess({
+      name: "go-carve-server",
+      command: opts.goBinary,
+      args: ["-host", "127.0.0.1", "-port", String(port), "-data", dataDir],
+      cwd: opts.tmpRoot,
+      env: {},
+      port,
+    });
+    return {
+      kind,
+      child,
+      verify: (carveId, expected, size) => verifyFile(path.join(dataDir, `${carveId}.tar`), expected, size),
+      dispose: async () => {
+        await child.stop();
+        await rm(dataDir, { recursive: true, force: true });
+      },
+    };
+  }
   if (kind === "filesystem") {
     const child = await spawnService("filesystem", opts, { dataDir }, port);
     return {
       kind,
       child,
-      verify: async (carveId, expected, size) => {
-        const file = path.join(dataDir, "carves", `${carveId}.tar`);
-        // Completion happens inside the last block's request; allow a moment anyway.
-        for (let i = 0; ; i++) {
-          try {
-            const st = await stat(file);
-            if (st.size !== size) return { ok: false, detail: `${file}: ${st.size} bytes, expected ${size}` };
-            break;
-          } catch {
-            if (i >= 50) return { ok: false, detail: `${file} does not exist` };
-            await sleep(100);
-          }
-        }
-        const actual = await sha256OfFile(file);
-        return actual === expected
-          ? { ok: true }
-          : { ok: false, detail: `${file}: sha256 ${actual}, expected ${expected}` };
-      },
+      verify: (carveId, expected, size) => verifyFile(path.join(dataDir, "carves", `${carveId}.tar`), expected, size),
       dispose: async () => {
         await child.stop();
         await rm(dataDir, { recursive: true, force: true });
@@ -248,13 +273,27 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
   const mongo = opts.mongo;
   if (!mongo) throw new Error("gridfs target needs the MongoDB-wire server");
   const database = newDatabaseName();
-  const child = await spawnService("gridfs", opts, { dataDir, database }, port);
+  const upstream = new URL(mongo.uri);
+  const wire = await startWireCounter(upstream.hostname, Number(upstream.port));
+  let child: NodeChild;
+  try {
+    child = await spawnService(
+      "gridfs",
+      { ...opts, mongo: { ...mongo, uri: `mongodb://127.0.0.1:${wire.port}/` } },
+      { dataDir, database },
+      port,
+    );
+  } catch (err) {
+    await wire.close();
+    throw err;
+  }
   const files = mongo.client
     .db(database)
     .collection<{ length: number; metadata?: { sha256?: unknown } }>(`${BUCKET}.files`);
   return {
     kind,
     child,
+    wire,
     verify: async (carveId, expected, size) => {
       const doc = await files.findOne({ filename: `${carveId}.tar` });
       if (!doc) return { ok: false, detail: `no ${BUCKET}.files document for ${carveId}.tar` };
@@ -266,6 +305,7 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
     },
     dispose: async () => {
       await child.stop();
+      await wire.close();
       await mongo.client
         .db(database)
         .dropDatabase()

@@ -7,17 +7,17 @@ const VALUE = new Int16Array(256).fill(-1);
 for (let i = 0; i < ALPHABET.length; i++) VALUE[ALPHABET.charCodeAt(i)] = i;
 
 /**
- * Value of each pair of bytes (first byte << 8 | second), as the high 12 bits (HIGH) or the low 12 bits (LOW)
- * of a 4-character group's 24 bits; negative when either byte is not in the alphabet. Two lookups per 4
- * characters and no shifts: ~2.5 x faster than one lookup per character here (2 x 256 KiB, built once).
+ * The 12 bits of each pair of bytes (first byte << 8 | second); -1 when either byte is not in the alphabet.
+ * Two lookups per 4 characters: ~2.5 x faster than one lookup per character. One 128 KiB table rather than
+ * two 256 KiB ones with the halves pre-shifted costs a shift per group but stays in cache: a 1 MiB block
+ * decoded in 0.83 ms instead of 1.36 (median of 7, shared 2-core machine; 8 KiB blocks unchanged). A negative
+ * entry keeps its group's value negative whichever half it is in (-1 << 12 and -1 both are): that is how
+ * bytes outside the alphabet are detected.
  */
-const HIGH = new Int32Array(65536).fill(-1 << 24);
-const LOW = new Int32Array(65536).fill(-1 << 24);
+const PAIR = new Int16Array(65536).fill(-1);
 for (let i = 0; i < 64; i++) {
   for (let j = 0; j < 64; j++) {
-    const pair = (ALPHABET.charCodeAt(i) << 8) | ALPHABET.charCodeAt(j);
-    LOW[pair] = (i << 6) | j;
-    HIGH[pair] = ((i << 6) | j) << 12;
+    PAIR[(ALPHABET.charCodeAt(i) << 8) | ALPHABET.charCodeAt(j)] = (i << 6) | j;
   }
 }
 
@@ -75,8 +75,8 @@ export function decodeBase64InPlace(text: Buffer, expectedLength: number): Buffe
   for (; i < full8; i += 8) {
     const w1 = view.getUint32(i); // big-endian: the first character in the top byte
     const w2 = view.getUint32(i + 4);
-    const v1 = HIGH[w1 >>> 16]! | LOW[w1 & 0xffff]!;
-    const v2 = HIGH[w2 >>> 16]! | LOW[w2 & 0xffff]!;
+    const v1 = (PAIR[w1 >>> 16]! << 12) | PAIR[w1 & 0xffff]!;
+    const v2 = (PAIR[w2 >>> 16]! << 12) | PAIR[w2 & 0xffff]!;
     bad |= v1 | v2; // any invalid pair makes it negative
     view.setUint32(o, (v1 << 8) | (v2 >>> 16));
     view.setUint16(o + 4, v2 & 0xffff);
@@ -84,7 +84,7 @@ export function decodeBase64InPlace(text: Buffer, expectedLength: number): Buffe
   }
   for (; i < full; i += 4) {
     const w = view.getUint32(i);
-    const v = HIGH[w >>> 16]! | LOW[w & 0xffff]!;
+    const v = (PAIR[w >>> 16]! << 12) | PAIR[w & 0xffff]!;
     bad |= v;
     view.setUint16(o, v >>> 8);
     text[o + 2] = v & 0xff;

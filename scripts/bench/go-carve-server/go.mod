@@ -1,0 +1,3 @@
+module osquery-carve-server/bench/go-carve-server
+
+go 1.18
