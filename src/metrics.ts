@@ -79,11 +79,19 @@ export class Metrics {
     help: "Requests that failed because storage was unavailable",
     registers: [this.registry],
   });
-  readonly inflightBytes = new Gauge({
+  /** Read when scraped (see `measureInflight`), so it also shows bodies still arriving. */
+  private inflightSource: () => number = () => 0;
+  readonly inflightBytes: Gauge = new Gauge({
     name: "carve_inflight_body_bytes",
-    help: "Budgeted bytes of agent request bodies in progress",
+    help: "Budgeted bytes of agent request bodies in progress (bytes received so far, not declared lengths)",
     registers: [this.registry],
+    collect: (): void => this.inflightBytes.set(this.inflightSource()),
   });
+
+  /** Where carve_inflight_body_bytes comes from: the agent routes' in-flight budget. */
+  measureInflight(source: () => number): void {
+    this.inflightSource = source;
+  }
 
   constructor(options: { processMetrics?: boolean } = {}) {
     if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });

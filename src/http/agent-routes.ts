@@ -135,6 +135,7 @@ export function agentEndpoints(
   // Blocks are decoded in place (no copy), so the budget bounds the bodies' memory, plus at most as much
   // again of free pooled buffers. A slow sender holds only its own body's share.
   const budget = new ByteBudget(options.inflightBodyBytes);
+  metrics?.measureInflight(() => budget.inUse);
   // Body buffers are reused: with 1 MiB blocks a fresh 1.4 MB buffer per request was most of the garbage.
   // Free buffers kept are bounded by the same budget as the bodies being read.
   const pool = new BufferPool(options.inflightBodyBytes);
@@ -249,7 +250,6 @@ export function agentEndpoints(
           charge,
           watch: deps.bodyWatch,
         }));
-        metrics?.inflightBytes.set(budget.inUse);
       } catch (err) {
         const e = err instanceof AppError ? err : new AppError("INVALID_BLOCK");
         if (e.code === "REQUEST_TIMEOUT") {
@@ -287,7 +287,6 @@ export function agentEndpoints(
     } finally {
       if (backing && reusable) pool.release(backing);
       budget.give(charge.held);
-      metrics?.inflightBytes.set(budget.inUse);
     }
   };
 

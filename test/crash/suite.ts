@@ -56,7 +56,7 @@ export function crashSuite(backend: Backend, pinned: PinnedRound[]): void {
     vault = await startVaultDouble();
     vault.addToken(token, {
       policies: ["osquery-carve-download", "osquery-carve-admin", "osquery-carve-import"],
-      displayName: "crash-test",
+      displayName: "token-crash-test",
     });
     console.log(`crash rounds on ${backend}: CARVE_CRASH_SEED=${seed}, ${rounds} rounds`);
   });

@@ -109,8 +109,8 @@ describe("graceful shutdown", () => {
     });
     req.write(body.subarray(0, 1000));
     await connected;
-    // The service is reading this body (its in-flight budget holds it) before it is told to stop.
-    await waitForMetric(svc.url, "carve_inflight_body_bytes", (v) => v >= body.length);
+    // The service is reading this body (its in-flight budget holds the 1000 bytes sent) before it is told to stop.
+    await waitForMetric(svc.url, "carve_inflight_body_bytes", (v) => v >= 1000);
     svc.proc.kill("SIGTERM");
     // The listener is closed in the same tick that logs this line: from now on new connections are refused.
     await waitForOutput(svc, /shutting down/);

@@ -571,9 +571,9 @@ async function slowClientScenario(
   const t0 = Date.now();
   const bodies = slow.map((b) => blockBody(b.session, 0, b.data.subarray(0, b.blockSize)));
   const trickles = slow.map((b, i) => trickle(svc.url, bodies[i] as Buffer, b.options));
-  // Every slow body is being read by the service (its in-flight budget holds each one's declared length, or
-  // 64 KiB for a chunked one) before the other agent starts.
-  const held = slow.reduce((sum, b, i) => sum + (b.options.chunked ? 64 * 1024 : (bodies[i] as Buffer).length), 0);
+  // The slow bodies are being read by the service (its in-flight budget holds the bytes received: at least
+  // each one's first tick) before the other agent starts.
+  const held = slow.reduce((sum, b) => sum + b.options.bytesPerTick, 0);
   await waitForMetric(svc.url, "carve_inflight_body_bytes", (v) => v >= held);
   let trickling = true;
   void Promise.all(trickles.map((t) => t.sent)).then(() => (trickling = false));
@@ -657,8 +657,8 @@ describe("slow and stalled clients", { concurrent: true }, () => {
       let cutOff = false;
       void t.reply.then(() => (cutOff = true));
       await t.sent;
-      // The service is reading the stalled body (its budget holds the declared length) before the others go.
-      await waitForMetric(svc.url, "carve_inflight_body_bytes", (v) => v >= body.length);
+      // The service is reading the stalled body (its budget holds the half received) before the others go.
+      await waitForMetric(svc.url, "carve_inflight_body_bytes", (v) => v >= half);
       // The service keeps serving others meanwhile, the same carve included.
       servedMeanwhile = [
         await postBlock(svc.url, blockBody(session, 1, data.subarray(1000))),

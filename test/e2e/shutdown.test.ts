@@ -43,8 +43,8 @@ async function heldBlock(svc: WrappedChildService, held = 100): Promise<{ socket
   await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
   socket.write(`POST /upload_blocks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
   socket.write(body.subarray(0, body.length - held));
-  // The service is reading it: its in-flight budget holds the declared length.
-  await waitForMetric(svc.url, "carve_inflight_body_bytes", (v) => v >= body.length);
+  // The service is reading it: its in-flight budget holds the bytes received so far.
+  await waitForMetric(svc.url, "carve_inflight_body_bytes", (v) => v >= body.length - held);
   return { socket, rest: body.subarray(body.length - held), body, carveId, reply };
 }
 
