@@ -31,6 +31,8 @@ export const CRASH_POINTS = [
   "import.before-publish",
   /** Migration of a store written by an earlier release: part of the records are migrated. */
   "migrate.mid",
+  /** GridFS upgrade: a record's catalog entry is written; its old sessions document is not yet stripped or removed. */
+  "migrate.mid-gridfs",
 ] as const;
 
 export type CrashPointName = (typeof CRASH_POINTS)[number];
