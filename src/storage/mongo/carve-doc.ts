@@ -1,5 +1,12 @@
 import type { CatalogEntry, EntryState } from "../contracts.js";
-import { copyAgent, type AgentInfo, type Compression, type ImportSource, type LegalHold, type Verification } from "../model.js";
+import {
+  copyAgent,
+  type AgentInfo,
+  type Compression,
+  type ImportSource,
+  type LegalHold,
+  type Verification,
+} from "../model.js";
 
 /** One document per carve in `<bucket>.carves`; dates are BSON dates, the node key only as its SHA-256. */
 export interface CarveDoc {
@@ -89,4 +96,3 @@ export function entryOf(doc: CarveDoc): CatalogEntry {
     verifications: (doc.verifications ?? []).map(copyVerification),
   };
 }
-

@@ -53,8 +53,12 @@ interface V1SessionDoc {
 
 const STATES: readonly string[] = ["receiving", "completing", "complete", "deleting", "importing"];
 
-/** Fields of a v1 sessions document that are not upload progress: the catalog's, and the raw node key. */
+/**
+ * Fields of a v1 sessions document that are not upload progress (src/storage/gridfs/gridfs-blobs.ts, UploadDoc):
+ * the catalog's, the raw node key, and the status (the catalog's state now; a claim lives there too).
+ */
 const CATALOG_ONLY = [
+  "status",
   "requestId",
   "nodeKey",
   "agent",
@@ -106,14 +110,19 @@ export function entryFromV1(doc: V1SessionDoc): CatalogEntry {
         : doc.status === "complete"
           ? (doc.completedAt ?? doc.updatedAt)
           : doc.updatedAt;
+  const origin = doc.origin ?? "agent";
+  // An import is one block holding the whole archive on every backend (importGeometry, src/services/imports.ts);
+  // this release recorded its 1 MiB GridFS chunks instead. Its bytes are read by the files document, not this.
+  const geometry =
+    origin === "import"
+      ? { blockCount: 1, blockSize: doc.carveSize, carveSize: doc.carveSize }
+      : { blockCount: doc.blockCount, blockSize: doc.blockSize, carveSize: doc.carveSize };
   return {
     carveId: doc._id,
     sessionId: doc.sessionId,
     requestId: doc.requestId,
     nodeKeySha256: doc.nodeKey === "" ? null : createHash("sha256").update(doc.nodeKey, "utf8").digest("hex"),
-    blockCount: doc.blockCount,
-    blockSize: doc.blockSize,
-    carveSize: doc.carveSize,
+    ...geometry,
     agent: copyAgent(doc.agent),
     createdAt: doc.createdAt,
     state: doc.status,
@@ -123,7 +132,7 @@ export function entryFromV1(doc: V1SessionDoc): CatalogEntry {
     sha256: doc.sha256 ?? null,
     compression: doc.compression ?? null,
     hold: doc.hold ?? null,
-    origin: doc.origin ?? "agent",
+    origin,
     imported: doc.imported ?? null,
     verifications: doc.verifications ?? [],
   };
@@ -142,13 +151,19 @@ export async function migrateGridfsV1(options: { db: Db; bucket: string; logger:
   const v1 = { v: { $exists: false } };
   try {
     // Ids first, then each document read afresh: another process may have migrated it meanwhile.
-    const ids = await sessions.find(v1, { projection: { _id: 1 } }).map((d) => d._id).toArray();
+    const ids = await sessions
+      .find(v1, { projection: { _id: 1 } })
+      .map((d) => d._id)
+      .toArray();
     for (const id of ids) {
       const doc = await sessions.findOne({ _id: id, ...v1 }, { projection: { b: 0 } });
       if (!doc) continue;
       if (!isV1(doc)) {
         report.skipped++;
-        logger.warn({ collection: sessions.collectionName, id }, "a sessions document of unknown shape is left as it is");
+        logger.warn(
+          { collection: sessions.collectionName, id },
+          "a sessions document of unknown shape is left as it is",
+        );
         continue;
       }
       const entry = docOf(entryFromV1(doc));

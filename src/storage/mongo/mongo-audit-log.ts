@@ -31,7 +31,10 @@ export interface AuditShape {
   sort: typeof AUDIT_ORDER;
 }
 
-export function auditShape(query: Omit<AuditQuery, "limit" | "cursor">, after: { t: number; id: string } | null): AuditShape {
+export function auditShape(
+  query: Omit<AuditQuery, "limit" | "cursor">,
+  after: { t: number; id: string } | null,
+): AuditShape {
   const filter: Filter<AuditDoc> = {};
   if (query.carveId !== undefined) filter.carveId = query.carveId;
   if (query.action !== undefined) filter.action = query.action;
@@ -76,7 +79,13 @@ export class MongoAuditLog implements AuditLog {
     this.assertOpen();
     const { id, ...rest } = event;
     try {
-      await this.audit.insertOne({ _id: id, ...rest, actor: { ...rest.actor }, client: { ...rest.client }, detail: { ...rest.detail } });
+      await this.audit.insertOne({
+        _id: id,
+        ...rest,
+        actor: { ...rest.actor },
+        client: { ...rest.client },
+        detail: { ...rest.detail },
+      });
     } catch (err) {
       if (isDuplicateKey(err)) return; // a retried append: the event is recorded once
       throw storageError(err, "append an audit event");
@@ -89,7 +98,11 @@ export class MongoAuditLog implements AuditLog {
     const shape = auditShape(query, after);
     let docs: AuditDoc[];
     try {
-      docs = await this.audit.find(shape.filter).sort(shape.sort).limit(query.limit + 1).toArray();
+      docs = await this.audit
+        .find(shape.filter)
+        .sort(shape.sort)
+        .limit(query.limit + 1)
+        .toArray();
     } catch (err) {
       throw storageError(err, "query audit events");
     }

@@ -3,7 +3,13 @@ import { AppError } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import type { CarveCatalog, CatalogEntry, EntryCondition, EntryPage, EntryPatch, ExpirySweep } from "../contracts.js";
 import { decodeCursor, encodeCursor } from "../listing.js";
-import { MAX_VERIFICATIONS_KEPT, type ExpiryCriteria, type LegalHold, type ListQuery, type StoreHealth } from "../model.js";
+import {
+  MAX_VERIFICATIONS_KEPT,
+  type ExpiryCriteria,
+  type LegalHold,
+  type ListQuery,
+  type StoreHealth,
+} from "../model.js";
 import { copyHold, copyVerification, docOf, entryOf, type CarveDoc } from "./carve-doc.js";
 import {
   CATALOG_INDEXES,
@@ -122,7 +128,8 @@ export class MongoCarveCatalog implements CarveCatalog {
     this.assertOpen();
     const after = query.cursor !== undefined ? decodeCursor(query.cursor) : null;
     const prefix = query.nodeSha256Prefix?.toLowerCase();
-    if (prefix !== undefined && !NODE_PREFIX.test(prefix)) throw new AppError("INVALID_QUERY", "node prefix is not hex");
+    if (prefix !== undefined && !NODE_PREFIX.test(prefix))
+      throw new AppError("INVALID_QUERY", "node prefix is not hex");
     const shape = listShape(
       {
         ...(query.status ? { status: query.status } : {}),
@@ -143,7 +150,8 @@ export class MongoCarveCatalog implements CarveCatalog {
     const { addVerification, ...fields } = patch;
     const set: Partial<CarveDoc> = {};
     for (const [key, value] of Object.entries(fields)) {
-      if (value !== undefined) (set as Record<string, unknown>)[key] = key === "hold" ? copyHold(value as LegalHold | null) : value;
+      if (value !== undefined)
+        (set as Record<string, unknown>)[key] = key === "hold" ? copyHold(value as LegalHold | null) : value;
     }
     const update: UpdateFilter<CarveDoc> = {};
     if (Object.keys(set).length > 0) update.$set = set;
@@ -175,7 +183,10 @@ export class MongoCarveCatalog implements CarveCatalog {
   async count(): Promise<{ receiving: number; complete: number }> {
     const shapes = countShapes();
     const [receiving, complete] = await this.run("count entries", () =>
-      Promise.all([this.carves.countDocuments(shapes.receiving.filter), this.carves.countDocuments(shapes.complete.filter)]),
+      Promise.all([
+        this.carves.countDocuments(shapes.receiving.filter),
+        this.carves.countDocuments(shapes.complete.filter),
+      ]),
     );
     return { receiving, complete };
   }
