@@ -5,7 +5,7 @@ import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import { unconfiguredAuthorizer, type Authorizer } from "./auth/authorizer.js";
 import { CarveService } from "./services/carve-service.js";
-import { expiryPolicyOf } from "./services/expiry-rule.js";
+import { expiryPolicyOf } from "./carves/expiry.js";
 import { legacyServices } from "./services/legacy-store-adapter.js";
 import { RetentionJob } from "./jobs/retention.js";
 import { retentionOptionsOf } from "./jobs/retention-config.js";

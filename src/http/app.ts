@@ -2,7 +2,7 @@ import express, { type Express, type NextFunction, type Request, type Response }
 import { unconfiguredAuthorizer, type Authorizer } from "../auth/authorizer.js";
 import type { Config } from "../config/schema.js";
 import type { CarveService } from "../services/carve-service.js";
-import { expiryPolicyOf } from "../services/expiry-rule.js";
+import { expiryPolicyOf } from "../carves/expiry.js";
 import type { StorageStatus } from "../services/types.js";
 import { AppError, isAppError, safeErrorFields } from "../errors.js";
 import type { Logger } from "../logger.js";

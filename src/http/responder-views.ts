@@ -1,4 +1,4 @@
-import { expiresAt, type ExpiryPolicy } from "../services/expiry-rule.js";
+import { expiresAt, type ExpiryPolicy } from "../carves/expiry.js";
 import type { CarveRecord } from "../storage/model.js";
 
 /**

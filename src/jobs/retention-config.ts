@@ -1,5 +1,5 @@
 import type { Config } from "../config/schema.js";
-import { expiryPolicyOf } from "../services/expiry-rule.js";
+import { expiryPolicyOf } from "../carves/expiry.js";
 import type { RetentionOptions } from "./retention.js";
 
 /** The retention job's options from the validated configuration (shared by the service and the CLI). */

@@ -2,7 +2,7 @@ import { AppError, safeErrorFields } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
 import { buildAuditEvent, NO_CLIENT, systemActor } from "../services/audit-events.js";
-import { expiryCriteriaAt, type ExpiryPolicy } from "../services/expiry-rule.js";
+import { expiryCriteriaAt, type ExpiryPolicy } from "../carves/expiry.js";
 import type { CarveStore, ExpiryCandidate, ExpiryCriteria } from "../storage/carve-store.js";
 
 /** Complete carves go retentionDays after completion, incomplete ones abandonedAfterSeconds after their last block. */

@@ -7,7 +7,7 @@ import { AppError, isAppError, safeErrorFields, type ErrorCode } from "../../err
 import type { Logger } from "../../logger.js";
 import type { Metrics } from "../../metrics.js";
 import { NO_ACTOR, type AuditDetail, type AuditRecorder } from "../../services/audit-events.js";
-import type { ExpiryPolicy } from "../../services/expiry-rule.js";
+import type { ExpiryPolicy } from "../../carves/expiry.js";
 import type { AuditTrail, CarveReads, Custody, Imports } from "../../services/types.js";
 import type { AuditActor, AuditEvent, CarveRecord } from "../../storage/model.js";
 import { resolveClient, type ClientInfo } from "../client-identity.js";

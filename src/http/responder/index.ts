@@ -5,7 +5,7 @@ import { AppError } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import type { Metrics } from "../../metrics.js";
 import { AuditRecorder } from "../../services/audit-events.js";
-import type { ExpiryPolicy } from "../../services/expiry-rule.js";
+import type { ExpiryPolicy } from "../../carves/expiry.js";
 import { sendJsonError } from "../json-error.js";
 import { registerArchiveRoutes } from "./archive.js";
 import { registerAuditRoutes } from "./audit.js";

@@ -1,10 +1,10 @@
 import type { Config } from "../config/schema.js";
-import type { ExpiryCriteria, LegalHold } from "../storage/model.js";
 
 /*
  * The expiry rule, once: a complete carve expires `retentionDays` after its completion, an unfinished one
  * `abandonedAfterSeconds` after its last block (a new block postpones it), a held one never. The responder API
- * shows it per carve (expiresAt) and retention selects by it (expiryCriteriaAt): both are derived from here.
+ * shows it per carve (expiresAt) and retention selects by it (expiryCriteriaAt, an ExpiryCriteria of
+ * src/storage/model.ts). Plain data in and out, so that every layer, storage included, can apply it.
  */
 
 /** The retention rules (config `retention`). */
@@ -25,7 +25,8 @@ export interface ExpiryFacts {
   completedAt: Date | null;
   /** Last block stored (its creation before the first). */
   updatedAt: Date;
-  hold: LegalHold | null;
+  /** The legal hold in place, if any. */
+  hold: object | null;
 }
 
 /** When retention may delete the carve; null under a legal hold (or without a policy). */
@@ -41,7 +42,10 @@ export function expiresAt(carve: ExpiryFacts, policy: ExpiryPolicy | undefined):
  * What retention may delete at `now`: exactly the carves whose expiresAt is before it. Deletes begun more than
  * `staleDeleteAfterSeconds` ago were left by a dead process.
  */
-export function expiryCriteriaAt(now: Date, policy: ExpiryPolicy & { staleDeleteAfterSeconds: number }): ExpiryCriteria {
+export function expiryCriteriaAt(
+  now: Date,
+  policy: ExpiryPolicy & { staleDeleteAfterSeconds: number },
+): { completedBefore: Date; idleBefore: Date; staleDeleteBefore: Date } {
   return {
     completedBefore: new Date(now.getTime() - policy.retentionDays * DAY_MS),
     idleBefore: new Date(now.getTime() - policy.abandonedAfterSeconds * 1000),
