@@ -3,12 +3,14 @@ import { AppError } from "../errors.js";
 import type { CarveRecord as StoredRecord, CarveStore } from "../storage/carve-store.js";
 import type { ImportLimits } from "../storage/contracts.js";
 import type { ArchiveHandle, CarveRecord, ListPage, ListQuery } from "../storage/model.js";
+import { Mutex } from "../util/mutex.js";
 import type { AuditTrail, CarveReads, Custody, Expiry, Imports, StorageStatus } from "./types.js";
 
 /*
  * TEMPORARY: the service interfaces of src/services/types.ts over the current 17-method CarveStore, so HTTP can
  * call services while the storage redesign (issue 14) lands. The rules here are the store's own; the real
- * services replace this file, and with it the check-then-set of placeHold and the scanning node filter.
+ * services replace this file, and with it the check-then-set of placeHold (serialised in this process only) and
+ * the scanning node filter.
  */
 
 export interface LegacyServices {
@@ -74,15 +76,15 @@ export function legacyServices(store: CarveStore): LegacyServices {
     openArchive: async (carveId, range) => handleOf(await store.openArchive(carveId, range)),
   };
 
+  const holds = new Mutex();
   const custody: Custody = {
-    async placeHold(carveId, hold) {
-      // Check, then set: two requests at once may both pass the check. The real Custody service makes it atomic.
-      const before = await store.getCarve(carveId);
-      if (before.hold) {
-        throw new AppError("HOLD_EXISTS", `placed by ${before.hold.by} at ${before.hold.at.toISOString()}; lift it first`);
-      }
-      return fromStored(await store.setHold(carveId, hold));
-    },
+    // Check, then set: the store has no conditional hold. Atomic within this process; the real Custody service
+    // makes it atomic across processes.
+    placeHold: (carveId, hold) =>
+      holds.run(async () => {
+        if ((await store.getCarve(carveId)).hold) throw new AppError("HOLD_EXISTS");
+        return fromStored(await store.setHold(carveId, hold));
+      }),
     releaseHold: async (carveId) => fromStored(await store.setHold(carveId, null)),
     async delete(carveId) {
       const { deleted, bytesFreed } = await store.deleteCarve(carveId);

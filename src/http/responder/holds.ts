@@ -1,4 +1,4 @@
-import { isAppError } from "../../errors.js";
+import { AppError, isAppError } from "../../errors.js";
 import { readSmallBody } from "../body.js";
 import { holdReasonOf, noQuery, parseWith } from "../responder-schemas.js";
 import { carveTarget, type RegisterRoutes } from "./frame.js";
@@ -23,15 +23,13 @@ export const registerHoldRoutes: RegisterRoutes = (router, { services, endpoint,
       try {
         record = await services.custody.placeHold(carveId, { by, reason, at: now() });
       } catch (err) {
-        if (isAppError(err) && err.code === "HOLD_EXISTS") {
-          // The hold that was kept, for the audit trail (holds are only replaced by lifting them first).
-          const kept = await services.reads.get(carveId).then((r) => r.hold, () => null);
-          if (kept) {
-            ctx.detail.existingHoldBy = kept.by;
-            ctx.detail.existingHoldAt = kept.at.toISOString();
-          }
-        }
-        throw err;
+        if (!isAppError(err) || err.code !== "HOLD_EXISTS") throw err;
+        // The hold that was kept, named in the reply and the audit trail (a hold is replaced only by lifting it).
+        const kept = await services.reads.get(carveId).then((r) => r.hold, () => null);
+        if (!kept) throw err;
+        ctx.detail.existingHoldBy = kept.by;
+        ctx.detail.existingHoldAt = kept.at.toISOString();
+        throw new AppError("HOLD_EXISTS", `placed by ${kept.by} at ${kept.at.toISOString()}; lift it first`);
       }
       ctx.detail.reason = reason;
       ctx.res.json({ carveId: record.carveId, hold: record.hold ? { ...record.hold, at: record.hold.at.toISOString() } : null });
