@@ -216,6 +216,9 @@ describe("upgrade of a GridFS database written by the previous release", () => {
     );
     expect(names).not.toContain("carveId_at");
     expect(names).toContain("carveId_at_id");
+    // The old listing and retention indexes on sessions are gone too (every block updated one of them).
+    const sessionIndexes = await referenceDb.collection(`${BUCKET}.sessions`).listIndexes().toArray();
+    expect(sessionIndexes.map((i: { name?: unknown }) => String(i.name)).sort()).toEqual(["_id_", "sessionId_unique"]);
   });
 
   it("does nothing the second time", async () => {
