@@ -4,7 +4,9 @@ import type https from "node:https";
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import { unconfiguredAuthorizer, type Authorizer } from "./auth/authorizer.js";
-import { CarveService } from "./carves/carve-service.js";
+import { CarveService } from "./services/carve-service.js";
+import { expiryPolicyOf } from "./carves/expiry.js";
+import { legacyServices } from "./services/legacy-store-adapter.js";
 import { RetentionJob } from "./jobs/retention.js";
 import { retentionOptionsOf } from "./jobs/retention-config.js";
 import type { Config } from "./config/schema.js";
@@ -118,7 +120,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       minFreeBytes: config.storage.filesystem.minFreeBytes,
       maxReceiving: config.agent.maxReceivingCarves,
       maxReceivingPerAgent: config.agent.maxReceivingCarvesPerAgent,
-      activeWithinMs: config.retention.abandonedAfterHours * 3_600_000,
+      activeWithinMs: expiryPolicyOf(config).abandonedAfterSeconds * 1000,
       firstBlockWithinMs: config.agent.firstBlockWithinSeconds * 1000,
     },
     requireSameCertificate: config.agent.requireSameCertificate,
@@ -133,11 +135,12 @@ export async function startService(options: StartOptions): Promise<RunningServic
     logger: logger.child({ component: "http" }),
   });
   const isTrustedProxy = proxyMatcher(config.server.trustedProxies);
+  const services = legacyServices(store);
   const appFor = (surfaces: { agent: boolean; responder: boolean }) =>
     createRequestHandler({
       config,
       logger,
-      store,
+      services,
       carves,
       authorizer,
       isShuttingDown: () => shuttingDown,

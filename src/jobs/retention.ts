@@ -1,14 +1,12 @@
-import { randomUUID } from "node:crypto";
 import { AppError, safeErrorFields } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
+import { buildAuditEvent, NO_CLIENT, systemActor } from "../services/audit-events.js";
+import { expiryCriteriaAt, type ExpiryPolicy } from "../carves/expiry.js";
 import type { CarveStore, ExpiryCandidate, ExpiryCriteria } from "../storage/carve-store.js";
 
-export interface RetentionOptions {
-  /** Complete carves are deleted this many days after completion. */
-  retentionDays: number;
-  /** Incomplete carves with no block for this long are abandoned (osquery never resumes a carve). */
-  abandonedAfterSeconds: number;
+/** Complete carves go retentionDays after completion, incomplete ones abandonedAfterSeconds after their last block. */
+export interface RetentionOptions extends ExpiryPolicy {
   /** A delete begun this long ago and not finished belongs to a dead process: finish it. */
   staleDeleteAfterSeconds: number;
   /** Carves deleted per batch, and batches per run: a run always ends, whatever the backlog. */
@@ -32,14 +30,6 @@ export interface RetentionSummary {
   candidates: ExpiryCandidate[];
   /** More expired carves remain than one run may delete. */
   backlog: boolean;
-}
-
-export function criteriaAt(now: Date, options: RetentionOptions): ExpiryCriteria {
-  return {
-    completedBefore: new Date(now.getTime() - options.retentionDays * 86_400_000),
-    idleBefore: new Date(now.getTime() - options.abandonedAfterSeconds * 1000),
-    staleDeleteBefore: new Date(now.getTime() - options.staleDeleteAfterSeconds * 1000),
-  };
 }
 
 /**
@@ -71,7 +61,7 @@ export class RetentionJob {
     const { store, logger } = this.deps;
     const opts = this.deps.options;
     const startedAt = this.now();
-    const criteria = criteriaAt(startedAt, opts);
+    const criteria = expiryCriteriaAt(startedAt, opts);
     const summary: RetentionSummary = {
       dryRun: options.dryRun ?? false,
       startedAt,
@@ -147,17 +137,20 @@ export class RetentionJob {
         { carveId: candidate.carveId, reason: candidate.reason, bytesFreed: result.bytesFreed },
         "carve expired",
       );
-      await store
-        .appendAudit({
-          id: randomUUID(),
-          at: this.now(),
+      const event = buildAuditEvent(
+        {
           action: "carve.expire",
           result: "allowed",
-          actor: { displayName: "retention", entityId: null, tokenFingerprint: null },
-          client: { address: null, certificateSubject: null, requestId: null },
+          actor: systemActor("retention"),
+          client: NO_CLIENT,
+          requestId: null,
           carveId: candidate.carveId,
           detail: { reason: candidate.reason, bytesFreed: result.bytesFreed },
-        })
+        },
+        this.now(),
+      );
+      await store
+        .appendAudit(event)
         .catch((err: unknown) => logger.error({ err: safeErrorFields(err) }, "could not audit an expiry"));
     } catch (err) {
       passed.add(candidate.carveId);

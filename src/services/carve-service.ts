@@ -2,8 +2,8 @@ import { randomBytes } from "node:crypto";
 import { AppError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { AgentInfo, CarveStore, CertificateIdentity, PutBlockResult, Session } from "../storage/carve-store.js";
-import { decodeBase64InPlace, decodeBlockData } from "./base64.js";
-import { blockCountFor, expectedBlockLength } from "./geometry.js";
+import { decodeBase64InPlace, decodeBlockData } from "../carves/base64.js";
+import { blockCountFor, expectedBlockLength } from "../carves/geometry.js";
 
 /** A validated start request, in our naming (osquery's snake_case stops at the HTTP boundary). */
 export interface StartCommand {
