@@ -1,7 +1,7 @@
 import express, { type Express, type NextFunction, type Request, type Response } from "express";
 import { unconfiguredAuthorizer, type Authorizer } from "../auth/authorizer.js";
 import type { Config } from "../config/schema.js";
-import type { CarveService } from "../services/carve-service.js";
+import type { IngestService } from "../services/ingest.js";
 import { expiryPolicyOf } from "../carves/expiry.js";
 import type { StorageStatus } from "../services/types.js";
 import { AppError, isAppError, safeErrorFields } from "../errors.js";
@@ -26,7 +26,7 @@ export interface AppDeps {
   config: Config;
   logger: Logger;
   services: AppServices;
-  carves: CarveService;
+  carves: IngestService;
   /** Decides responder API requests; without one that API answers 503 VAULT_NOT_CONFIGURED. */
   authorizer?: Authorizer;
   isShuttingDown?: () => boolean;

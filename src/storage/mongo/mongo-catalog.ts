@@ -41,7 +41,7 @@ const NODE_PREFIX = /^[0-9a-f]{0,64}$/;
 
 /** The list cursor of src/storage/listing.ts, which reads only the creation time and the carve id. */
 function cursorAfter(entry: CatalogEntry): string {
-  return encodeCursor(entry as unknown as Parameters<typeof encodeCursor>[0]);
+  return encodeCursor(entry);
 }
 
 export class MongoCarveCatalog implements CarveCatalog {
