@@ -108,3 +108,12 @@ export function safeErrorFields(err: unknown): { name?: string; code?: string | 
   }
   return { message: String(err) };
 }
+
+/** Whether an error (or one of its causes) is storage that ran out of space: ENOSPC from the kernel, SQLITE_FULL. */
+export function isStorageFull(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (code === "ENOSPC" || code === "SQLITE_FULL" || code === "EDQUOT") return true;
+  }
+  return false;
+}

@@ -45,6 +45,7 @@ export async function openFilesystemStorage(options: FilesystemStorageOptions): 
       blobs,
       audit,
       exclusive: true,
+      releaseReserve: () => blobs.releaseReserve(),
       close: async () => {
         await audit.close();
         await catalog.close();
