@@ -13,6 +13,7 @@ import { healthRouter } from "./health-routes.js";
 import { httpLogger, requestIdOf } from "./logging.js";
 import type { Metrics } from "../metrics.js";
 import type { BodyWatch } from "./body-watch.js";
+import { openApiRouter } from "./openapi-routes.js";
 import { responderRouter } from "./responder-routes.js";
 
 export interface AppDeps {
@@ -117,6 +118,7 @@ function buildApp(deps: AppDeps): { app: Express; fastBlocks: AgentEndpoints["fa
   app.use(healthRouter({ store: deps.store, isShuttingDown, metrics: deps.metrics }));
   if (agent) app.use(agent.router);
 
+  if (surfaces.responder) app.use(openApiRouter());
   if (surfaces.responder) app.use(
     responderRouter({
       store: deps.store,

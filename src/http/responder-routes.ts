@@ -18,6 +18,7 @@ import { redactQuery } from "./logging.js";
 import { ifRangeAllows, parseRangeHeader } from "./http-range.js";
 import { registerHoldRoutes } from "./hold-routes.js";
 import { registerImportRoutes } from "./import-routes.js";
+import { registerMemberRoutes } from "./member-routes.js";
 import { AuditTrail, NO_ACTOR, type AuditDetail } from "./responder-audit.js";
 import {
   archiveQuery,
@@ -482,14 +483,10 @@ export function responderRouter(deps: ResponderDeps): Router {
   );
 
   // --- POST /api/v1/carves/import, POST /api/v1/carves/:carve_id/verify (chain of custody) -------------------
-  registerImportRoutes(router, {
-    store,
-    endpoint,
-    maxImportSize: deps.maxImportSize,
-    now,
-    expiry: deps.expiry,
-    logger,
-  });
+  registerImportRoutes(router, { store, endpoint, maxImportSize: deps.maxImportSize, now, expiry: deps.expiry, logger });
+
+  // --- GET /api/v1/carves/:carve_id/files/:n (one file out of the archive) -----------------------------------
+  registerMemberRoutes(router, { store, endpoint, now, files, logger, target: (req) => carveTarget(req, "read") });
 
   // Anything else under the API: a JSON 404 (not the agents' non-JSON refusal).
   router.all("/api/v1/{*rest}", (req, res) => {
