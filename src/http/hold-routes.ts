@@ -35,9 +35,7 @@ export function registerHoldRoutes(router: Router, deps: HoldRouteDeps): void {
       const raw = await deps.readBody(ctx.req, 16 * 1024);
       let reason: unknown;
       try {
-        // `null` and other non-objects have no reason (reading one off null answered 500).
-        const body: unknown = JSON.parse(raw.toString("utf8") || "{}");
-        reason = typeof body === "object" && body !== null ? (body as { reason?: unknown }).reason : undefined;
+        reason = (JSON.parse(raw.toString("utf8") || "{}") as { reason?: unknown }).reason;
       } catch {
         throw new AppError("INVALID_QUERY", 'body must be JSON: {"reason": "..."}');
       }
