@@ -37,8 +37,9 @@ const ATTR_CHAR = /[A-Za-z0-9!#$&+\-.^_`|~]/;
  */
 export function contentDisposition(memberName: string, n: number): string {
   const base = memberName.replace(/\/+$/, "").split("/").pop() ?? "";
+  // Control characters, and the bidirectional marks that make "\u202eexe.txt" look like "txt.exe".
   // eslint-disable-next-line no-control-regex -- control characters are what is dropped
-  const printable = base.replace(/[\u0000-\u001f\u007f-\u009f\\]/g, "").slice(0, 255);
+  const printable = base.replace(/[\u0000-\u001f\u007f-\u009f\\\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, "").slice(0, 255);
   const ascii = printable.replace(/[^A-Za-z0-9._+-]/g, "_").slice(0, 120);
   const plain = ascii === "" || /^\.+$/.test(ascii) || /^_+$/.test(ascii) ? `member-${n}` : ascii;
   let encoded = "";

@@ -126,8 +126,11 @@ export function table(headers: string[], rows: string[][]): string {
   return `${[line(headers), ...rows.map(line)].join("\n")}\n`;
 }
 
-/** Terminal-safe text: control characters of a name from an archive must not drive the terminal. */
+/**
+ * Terminal-safe text: control characters of a name from an archive must not drive the terminal, nor
+ * bidirectional marks make "\u202eexe.txt" read as "txt.exe".
+ */
 export function printable(text: string): string {
   // eslint-disable-next-line no-control-regex -- exactly what is replaced
-  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, "?");
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, "?");
 }

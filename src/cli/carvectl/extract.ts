@@ -22,7 +22,9 @@ import { zstdDecompress } from "../../carves/zstd-stream.js";
  */
 
 export interface ExtractLimits {
+  /** A regular file larger than this is refused (its content skipped). */
   maxFileSize: number;
+  /** Reading stops after this many bytes of tar (decompressed): bounds what a zstd bomb costs. */
   maxTotalSize: number;
 }
 
@@ -122,7 +124,6 @@ export async function extractTar(
   const matched = new Set<string>();
   /** Regular files this run wrote: the only hard link targets. */
   const written = new Set<string>();
-  let total = 0;
 
   /** Makes every directory of `rel` (relative to root) a real directory, creating missing ones. */
   const ensureDirs = async (rel: string): Promise<void> => {
@@ -144,7 +145,6 @@ export async function extractTar(
 
   const writeFile = async (entry: TarEntry, rel: string, readContent: (sink: (c: Buffer) => Promise<void>) => Promise<void>): Promise<void> => {
     if (entry.size > limits.maxFileSize) throw new Refused(`${entry.size} bytes, over the --max-file-size cap of ${limits.maxFileSize}`);
-    if (total + entry.size > limits.maxTotalSize) throw new Refused(`would pass the --max-total-size cap of ${limits.maxTotalSize} bytes`);
     await ensureDirs(path.posix.dirname(rel) === "." ? "" : path.posix.dirname(rel));
     const target = path.join(root, rel);
     let fh;
@@ -166,7 +166,6 @@ export async function extractTar(
     } finally {
       await fh.close();
     }
-    total += entry.size;
     written.add(rel);
   };
 
@@ -215,7 +214,7 @@ export async function extractTar(
 
   const { source, drain } = hashedSource(body);
   const tar = compression === "zstd" ? zstdDecompress(source) : source;
-  const walk = await walkTar(tar, { maxMembers: Number.MAX_SAFE_INTEGER, maxBytesExamined: limits.maxTotalSize + 64 * 1024 * 1024 }, async (entry, readContent) => {
+  const walk = await walkTar(tar, { maxMembers: Number.MAX_SAFE_INTEGER, maxBytesExamined: limits.maxTotalSize }, async (entry, readContent) => {
     const rel = destinationOf(entry.name);
     if (members.length > 0) {
       const hits = selects(members, entry, rel instanceof Refused ? "\0" : rel);
