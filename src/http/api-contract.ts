@@ -5,12 +5,22 @@
  * client (src/client/api-client.ts, which imports types only) all come from here; request parameters reuse
  * the schemas the routes validate with (responder-schemas.ts).
  *
- * A browser consumer imports types only (`import type`): at run time this module reaches the routes' constants.
+ * Depends on zod and plain data only (no Node API), like everything it imports: the web console can use it.
  */
 import { z } from "zod";
 import { ERROR_CODES, type ErrorCode } from "../errors.js";
-import { IMPORT_FIELDS, IMPORT_FILE_FIELD } from "./import-routes.js";
-import { archiveQuery, auditQuery, CARVE_ID, DEFAULT_PAGE, fileRequestBody, listCarvesQuery, MAX_PAGE, noQuery } from "./responder-schemas.js";
+import {
+  archiveQuery,
+  auditQuery,
+  CARVE_ID,
+  DEFAULT_PAGE,
+  fileRequestBody,
+  IMPORT_FIELDS,
+  IMPORT_FILE_FIELD,
+  listCarvesQuery,
+  MAX_PAGE,
+  noQuery,
+} from "./responder-schemas.js";
 
 /** info.version of the OpenAPI document: the contract's own version, bumped when the contract changes. */
 export const API_VERSION = "1.1.0";

@@ -8,7 +8,7 @@ import { AppError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { CarveStore, ImportSource } from "../storage/carve-store.js";
 import type { Endpoint, EndpointContext, EndpointTarget } from "./responder-routes.js";
-import { CARVE_ID, noQuery, parseWith } from "./responder-schemas.js";
+import { CARVE_ID, IMPORT_FIELDS, IMPORT_FILE_FIELD, noQuery, parseWith } from "./responder-schemas.js";
 import { carveDetail, viewStatus, type ExpiryPolicy } from "./responder-views.js";
 
 export interface ImportRouteDeps {
@@ -22,14 +22,7 @@ export interface ImportRouteDeps {
   logger: Logger;
 }
 
-/**
- * The form fields an import accepts besides the file part, with the longest value allowed (characters).
- * Everything else is refused: a typo (`source-host`) must not silently lose the chain-of-custody note.
- */
-export const IMPORT_FIELDS = { source_host: 255, original_path: 4096, description: 4000, sha256: 64 } as const;
 type ImportField = keyof typeof IMPORT_FIELDS;
-/** The one file part's field name: `curl -F file=@evidence.tar`. */
-export const IMPORT_FILE_FIELD = "file";
 
 /** Bytes of one field value busboy keeps (UTF-8: up to 4 bytes a character of the longest field). */
 const FIELD_BYTES = 4 * 4096;

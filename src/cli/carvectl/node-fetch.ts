@@ -33,7 +33,12 @@ export function nodeFetch(tls: TlsFiles): FetchLike {
         agent: secure ? agent : plainAgent,
         ...(init.signal ? { signal: init.signal } : {}),
       });
-      req.on("error", (err) => reject(err.name === "AbortError" ? err : new TypeError("fetch failed", { cause: err })));
+      req.on("error", (err: Error & { reason?: unknown }) => {
+        if (err.name === "AbortError") return reject(err);
+        // OpenSSL's message is a dump ("80...:error:0A00045C:SSL routines:..."); its reason is the readable part.
+        const cause = typeof err.reason === "string" ? new Error(`TLS: ${err.reason}`, { cause: err }) : err;
+        reject(new TypeError("fetch failed", { cause }));
+      });
       req.on("response", (res) => {
         const replyHeaders = new Headers();
         for (const [name, value] of Object.entries(res.headers)) {
