@@ -11,6 +11,7 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildCarveArchive } from "../../scripts/emulator/index.js";
+import { ERROR_CODES } from "../../src/errors.js";
 import type { AuditPageView, FilesListingView } from "../../src/http/api-contract.js";
 import { sha256 } from "../support/carve-data.js";
 import { uploadCarve, type UploadedCarve } from "../support/carve-upload.js";
@@ -154,5 +155,10 @@ describe("single-file download", () => {
     expect(await codeOf(`/api/v1/carves/${carve.carveId}/files/2`)).toEqual([404, "MEMBER_NOT_FOUND"]);
     expect(await codeOf(`/api/v1/carves/${carve.carveId}/files/-1`)).toEqual([404, "MEMBER_NOT_FOUND"]);
     expect(await codeOf(`/api/v1/carves/${carve.carveId}/files/1e3`)).toEqual([404, "MEMBER_NOT_FOUND"]);
+  });
+
+  it("is documented: docs/responder-api.md lists its error codes with their statuses", async () => {
+    const doc = await readFile(path.join(import.meta.dirname, "../../docs/responder-api.md"), "utf8");
+    for (const code of ["MEMBER_NOT_FOUND", "MEMBER_NOT_A_FILE"] as const) expect(doc, code).toContain(`| \`${code}\` | ${ERROR_CODES[code].status} |`);
   });
 });
