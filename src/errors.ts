@@ -62,6 +62,8 @@ export const ERROR_CODES = {
   // responder API: archives
   RANGE_NOT_SATISFIABLE: { status: 416, message: "requested byte range lies outside the archive" },
   ARCHIVE_NOT_TAR: { status: 422, message: "the carve's archive is not a readable tar" },
+  MEMBER_NOT_FOUND: { status: 404, message: "no member with this index in the carve's file listing" },
+  MEMBER_NOT_A_FILE: { status: 422, message: "only regular files have content to download" },
   // server side
   STORAGE_UNAVAILABLE: { status: 503, message: "storage temporarily unavailable" },
   SHUTTING_DOWN: { status: 503, message: "service is shutting down" },
