@@ -42,7 +42,7 @@ export class MultipartWriter {
   private buffers: [Buffer, Buffer];
   private filled = 0;
   private inFlight: Promise<void> | null = null;
-  private failed: unknown = null;
+  private failed: Error | null = null;
   private bytes = 0;
 
   constructor(
@@ -114,14 +114,14 @@ export class MultipartWriter {
         await this.onPart?.();
       })
       .catch((err: unknown) => {
-        this.failed ??= err;
+        this.failed ??= err instanceof Error ? err : new Error("UploadPart failed", { cause: err });
       });
   }
 
   private async settle(): Promise<void> {
     if (this.inFlight) await this.inFlight;
     this.inFlight = null;
-    if (this.failed) throw this.failed instanceof Error ? this.failed : new Error(String(this.failed));
+    if (this.failed) throw this.failed;
   }
 
   /** Sends what is left and makes the object visible, whole. */
