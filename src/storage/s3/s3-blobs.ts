@@ -122,7 +122,27 @@ export class S3BlobStore implements BlobStore {
   }
 
   progress(session: Session, missingLimit: number): Promise<UploadProgress | null> {
-    return this.track(() => this.staging.progress(session, missingLimit));
+    return this.track(async () => {
+      const progress = await this.staging.progress(session, missingLimit);
+      if (progress || !(await this.stagedArchive(session))) return progress;
+      // The staging completed its archive but the upload has not happened (it failed, or the process died):
+      // every block is stored, so the carve must read as waiting for completion, never as idle or gone.
+      return { blocksReceived: session.blockCount, bytesReceived: session.carveSize, lastBlockAt: session.createdAt, missing: [] };
+    });
+  }
+
+  /** Whether the staging holds a completed archive of this session (not yet uploaded, or not yet dropped). */
+  private async stagedArchive(session: Session): Promise<boolean> {
+    for (const compression of ["none", "zstd"] as const) {
+      try {
+        const reader = await this.staging.read({ ...session, compression, size: session.carveSize });
+        reader.stream.destroy();
+        return true;
+      } catch (err) {
+        if (!isAppError(err) || err.code !== "CARVE_NOT_FOUND") throw err;
+      }
+    }
+    return false;
   }
 
   complete(session: Session, heartbeat?: () => Promise<void>): Promise<ArchiveFacts> {
@@ -264,6 +284,7 @@ export class S3BlobStore implements BlobStore {
 
   async health(): Promise<StoreHealth> {
     const detail: StoreHealth["detail"] = { bucket: this.bucket, prefix: this.prefix, endpoint: this.endpoint };
+    if (this.closed) return { ok: false, backend: this.kind, detail: { ...detail, error: "closed" } };
     let ok = true;
     try {
       await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }));
