@@ -12,10 +12,9 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { CreateBucketCommand, HeadBucketCommand, S3Client } from "@aws-sdk/client-s3";
-import { ROOT } from "./service.js";
 
 const run = promisify(execFile);
-const SCRIPT = path.join(ROOT, "scripts/seaweedfs.sh");
+const SCRIPT = path.resolve(import.meta.dirname, "../../scripts/seaweedfs.sh");
 
 /**
  * Every flag of `weed mini` that opens a listener, set explicitly: left alone each defaults to a fixed port
@@ -42,13 +41,15 @@ export interface SeaweedFs {
   region: string;
   accessKeyId: string;
   secretAccessKey: string;
+  /** An identity that may read and list but not write. */
+  readOnly: { accessKeyId: string; secretAccessKey: string };
   /** A bucket created at start. */
   bucket: string;
   dir: string;
   /** A client with the right credentials (path-style, as SeaweedFS needs on loopback). */
   client(): S3Client;
-  /** Creates another bucket. */
-  createBucket(name: string): Promise<void>;
+  /** Creates another bucket (with Object Lock, which also turns versioning on, when asked). */
+  createBucket(name: string, options?: { objectLock?: boolean }): Promise<void>;
   /** SIGTERM (then SIGKILL after 10 s); the data directory stays, `start()` serves it again on the same ports. */
   stop(): Promise<void>;
   start(): Promise<void>;
@@ -98,6 +99,7 @@ export async function startSeaweedFs(options: { bucket?: string } = {}): Promise
   const region = "us-east-1";
   const accessKeyId = `carve${randomBytes(6).toString("hex")}`;
   const secretAccessKey = randomBytes(24).toString("base64url");
+  const readOnly = { accessKeyId: `reader${randomBytes(6).toString("hex")}`, secretAccessKey: randomBytes(24).toString("base64url") };
   const bucket = options.bucket ?? "carves";
   const configFile = path.join(dir, "s3.json");
   await writeFile(
@@ -108,6 +110,11 @@ export async function startSeaweedFs(options: { bucket?: string } = {}): Promise
           name: "carve-server",
           credentials: [{ accessKey: accessKeyId, secretKey: secretAccessKey }],
           actions: ["Admin", "Read", "List", "Tagging", "Write"],
+        },
+        {
+          name: "carve-reader",
+          credentials: [{ accessKey: readOnly.accessKeyId, secretKey: readOnly.secretAccessKey }],
+          actions: ["Read", "List"],
         },
       ],
     }),
@@ -213,13 +220,14 @@ export async function startSeaweedFs(options: { bucket?: string } = {}): Promise
     region,
     accessKeyId,
     secretAccessKey,
+    readOnly,
     bucket,
     dir,
     client,
-    async createBucket(name) {
+    async createBucket(name, opts = {}) {
       const s3 = client();
       try {
-        await s3.send(new CreateBucketCommand({ Bucket: name }));
+        await s3.send(new CreateBucketCommand({ Bucket: name, ...(opts.objectLock ? { ObjectLockEnabledForBucket: true } : {}) }));
       } finally {
         s3.destroy();
       }
