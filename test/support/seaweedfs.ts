@@ -11,7 +11,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
-import { CreateBucketCommand, HeadBucketCommand, S3Client } from "@aws-sdk/client-s3";
+import { CreateBucketCommand, HeadBucketCommand, S3Client, type S3ClientConfig } from "@aws-sdk/client-s3";
 
 const run = promisify(execFile);
 const SCRIPT = path.resolve(import.meta.dirname, "../../scripts/seaweedfs.sh");
@@ -46,8 +46,8 @@ export interface SeaweedFs {
   /** A bucket created at start. */
   bucket: string;
   dir: string;
-  /** A client with the right credentials (path-style, as SeaweedFS needs on loopback). */
-  client(): S3Client;
+  /** A client with the right credentials (path-style, as SeaweedFS needs on loopback) and `settings` on top. */
+  client(settings?: S3ClientConfig): S3Client;
   /** Creates another bucket (with Object Lock, which also turns versioning on, when asked). */
   createBucket(name: string, options?: { objectLock?: boolean }): Promise<void>;
   /** SIGTERM (then SIGKILL after 10 s); the data directory stays, `start()` serves it again on the same ports. */
@@ -143,13 +143,14 @@ export async function startSeaweedFs(options: { bucket?: string } = {}): Promise
   const logFile = path.join(dir, "weed.log");
   let child: ChildProcess | null = null;
 
-  const client = (): S3Client =>
+  const client = (settings: S3ClientConfig = {}): S3Client =>
     new S3Client({
       endpoint,
       region,
       forcePathStyle: true,
       credentials: { accessKeyId, secretAccessKey },
       maxAttempts: 1,
+      ...settings,
     });
 
   const logTail = async (lines = 40): Promise<string> => {

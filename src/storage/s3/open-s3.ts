@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { DeleteObjectCommand, HeadBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { DeleteObjectCommand, HeadBucketCommand, PutObjectCommand, S3Client, type S3ClientConfig } from "@aws-sdk/client-s3";
 import type { Config } from "../../config/schema.js";
 import type { Logger } from "../../logger.js";
 import type { BlobStore } from "../contracts.js";
@@ -7,6 +7,16 @@ import { s3Code, s3Status } from "./s3-errors.js";
 import { S3BlobStore } from "./s3-blobs.js";
 
 export type S3Config = Config["storage"]["s3"];
+
+/** Client settings of every S3 blob store (the tests build theirs with these too). */
+export const S3_CLIENT_DEFAULTS = {
+  // The SDK's default CRC32 checksums on every upload are not implemented alike by every S3-compatible server;
+  // integrity is kept anyway: SigV4 signs each part's SHA-256 and the archive's SHA-256 is checked.
+  requestChecksumCalculation: "WHEN_REQUIRED",
+  responseChecksumValidation: "WHEN_REQUIRED",
+  // Downloads hold a connection each while they stream; the default pool of 50 would queue the 51st.
+  requestHandler: { connectionTimeout: 10_000, httpAgent: { maxSockets: 512 }, httpsAgent: { maxSockets: 512 } },
+} as const satisfies S3ClientConfig;
 
 /**
  * Builds the S3 blob store from `storage.s3` around the deployment's local blobs (`staging`), after checking
@@ -19,15 +29,10 @@ export async function openS3Blobs(config: S3Config, staging: BlobStore, logger?:
   const bucket = config.bucket;
   if (!bucket) throw new Error("storage.s3.bucket is required for CARVE_BLOBS=s3 (CARVE_S3_BUCKET)");
   const client = new S3Client({
+    ...S3_CLIENT_DEFAULTS,
     ...(config.endpoint ? { endpoint: config.endpoint } : {}),
     ...(config.region ? { region: config.region } : {}),
     forcePathStyle: config.forcePathStyle,
-    // The SDK's default CRC32 checksums on every upload are not implemented alike by every S3-compatible
-    // server; integrity is kept anyway: SigV4 signs each part's SHA-256 and the archive's SHA-256 is checked.
-    requestChecksumCalculation: "WHEN_REQUIRED",
-    responseChecksumValidation: "WHEN_REQUIRED",
-    // Downloads hold a connection each while they stream; the default pool of 50 would queue the 51st.
-    requestHandler: { connectionTimeout: 10_000, httpAgent: { maxSockets: 512 }, httpsAgent: { maxSockets: 512 } },
   });
   try {
     await checkBucket(client, bucket, config.prefix, config.endpoint ?? "AWS S3");

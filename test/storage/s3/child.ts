@@ -38,12 +38,12 @@ export async function runWithBlobs(
     import { pino } from "pino";
     import { FilesystemBlobs } from ${JSON.stringify(dist("src/storage/filesystem/filesystem-blobs.js"))};
     import { S3BlobStore } from ${JSON.stringify(dist("src/storage/s3/s3-blobs.js"))};
+    import { S3_CLIENT_DEFAULTS } from ${JSON.stringify(dist("src/storage/s3/open-s3.js"))};
     const env = process.env;
     const input = JSON.parse(env.CHILD_INPUT);
     const client = new S3Client({
-      endpoint: env.CHILD_ENDPOINT, region: "us-east-1", forcePathStyle: true, maxAttempts: 1,
+      ...S3_CLIENT_DEFAULTS, endpoint: env.CHILD_ENDPOINT, region: "us-east-1", forcePathStyle: true, maxAttempts: 1,
       credentials: { accessKeyId: env.CHILD_KEY, secretAccessKey: env.CHILD_SECRET },
-      requestChecksumCalculation: "WHEN_REQUIRED", responseChecksumValidation: "WHEN_REQUIRED",
     });
     const staging = await FilesystemBlobs.create({ dataDir: env.CHILD_DATA_DIR, logger: pino({ level: "silent" }) });
     const blobs = new S3BlobStore({ client, bucket: env.CHILD_BUCKET, prefix: env.CHILD_PREFIX, staging, partSize: Number(env.CHILD_PART_SIZE) });

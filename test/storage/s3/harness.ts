@@ -10,6 +10,7 @@ import { DeleteObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command,
 import { pino } from "pino";
 import { FilesystemBlobs } from "../../../src/storage/filesystem/filesystem-blobs.js";
 import { MIN_PART_SIZE } from "../../../src/storage/s3/multipart.js";
+import { S3_CLIENT_DEFAULTS } from "../../../src/storage/s3/open-s3.js";
 import { S3BlobStore } from "../../../src/storage/s3/s3-blobs.js";
 import type { SeaweedFs } from "../../support/seaweedfs.js";
 
@@ -49,7 +50,7 @@ export async function s3Harness(server: SeaweedFs): Promise<S3Harness> {
     dataDir,
     open: async (options = {}) =>
       new S3BlobStore({
-        client: server.client(),
+        client: server.client(S3_CLIENT_DEFAULTS),
         bucket: server.bucket,
         prefix,
         staging: await FilesystemBlobs.create({ dataDir, logger: pino({ level: "silent" }) }),
