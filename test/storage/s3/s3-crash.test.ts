@@ -6,7 +6,7 @@
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { rm, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { HeadObjectCommand } from "@aws-sdk/client-s3";
+import { CopyObjectCommand, HeadObjectCommand } from "@aws-sdk/client-s3";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { Session } from "../../../src/storage/model.js";
 import { startSeaweedFs, type SeaweedFs } from "../../support/seaweedfs.js";
@@ -78,12 +78,22 @@ describe("S3 completion killed by SIGKILL", () => {
     expect(leftovers).toContain(key);
     expect(leftovers.some((k) => k.startsWith("staging:"))).toBe(true);
     const before = await server.client().send(new HeadObjectCommand({ Bucket: server.bucket, Key: key }));
+    // Mark the object: uploading it again would drop the mark.
+    await server.client().send(
+      new CopyObjectCommand({
+        Bucket: server.bucket,
+        Key: key,
+        CopySource: `${server.bucket}/${key}`,
+        MetadataDirective: "REPLACE",
+        Metadata: { ...before.Metadata, mark: "first-upload" },
+      }),
+    );
 
     const again = await runWithBlobs(server, h, COMPLETE, { input: { session } });
     expect(again.code, again.stderr).toBe(0);
     expect(JSON.parse(again.stdout)).toEqual({ sha256: sha256(bytes), compression: "none", size: bytes.length });
     const after = await server.client().send(new HeadObjectCommand({ Bucket: server.bucket, Key: key }));
-    expect(after.ETag).toBe(before.ETag);
+    expect(after.Metadata?.mark).toBe("first-upload");
     expect(await h.leftovers()).toEqual([key]);
     await rm(file);
   });
