@@ -99,7 +99,10 @@ export async function startSeaweedFs(options: { bucket?: string } = {}): Promise
   const region = "us-east-1";
   const accessKeyId = `carve${randomBytes(6).toString("hex")}`;
   const secretAccessKey = randomBytes(24).toString("base64url");
-  const readOnly = { accessKeyId: `reader${randomBytes(6).toString("hex")}`, secretAccessKey: randomBytes(24).toString("base64url") };
+  const readOnly = {
+    accessKeyId: `reader${randomBytes(6).toString("hex")}`,
+    secretAccessKey: randomBytes(24).toString("base64url"),
+  };
   const bucket = options.bucket ?? "carves";
   const configFile = path.join(dir, "s3.json");
   await writeFile(
@@ -228,7 +231,9 @@ export async function startSeaweedFs(options: { bucket?: string } = {}): Promise
     async createBucket(name, opts = {}) {
       const s3 = client();
       try {
-        await s3.send(new CreateBucketCommand({ Bucket: name, ...(opts.objectLock ? { ObjectLockEnabledForBucket: true } : {}) }));
+        await s3.send(
+          new CreateBucketCommand({ Bucket: name, ...(opts.objectLock ? { ObjectLockEnabledForBucket: true } : {}) }),
+        );
       } finally {
         s3.destroy();
       }

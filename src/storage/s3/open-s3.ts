@@ -1,5 +1,11 @@
 import { randomBytes } from "node:crypto";
-import { DeleteObjectCommand, HeadBucketCommand, PutObjectCommand, S3Client, type S3ClientConfig } from "@aws-sdk/client-s3";
+import {
+  DeleteObjectCommand,
+  HeadBucketCommand,
+  PutObjectCommand,
+  S3Client,
+  type S3ClientConfig,
+} from "@aws-sdk/client-s3";
 import type { Config } from "../../config/schema.js";
 import type { Logger } from "../../logger.js";
 import type { BlobStore } from "../contracts.js";
@@ -40,8 +46,14 @@ export async function openS3Blobs(config: S3Config, staging: BlobStore, logger?:
     client.destroy();
     throw err;
   }
-  const sse = config.sse === "none" ? undefined : { mode: config.sse, ...(config.sseKmsKeyId ? { kmsKeyId: config.sseKmsKeyId } : {}) };
-  logger?.info({ bucket, prefix: config.prefix, endpoint: config.endpoint ?? null, sse: config.sse }, "S3 blob store ready");
+  const sse =
+    config.sse === "none"
+      ? undefined
+      : { mode: config.sse, ...(config.sseKmsKeyId ? { kmsKeyId: config.sseKmsKeyId } : {}) };
+  logger?.info(
+    { bucket, prefix: config.prefix, endpoint: config.endpoint ?? null, sse: config.sse },
+    "S3 blob store ready",
+  );
   return new S3BlobStore({
     client,
     bucket,
@@ -65,7 +77,8 @@ export async function checkBucket(client: S3Client, bucket: string, prefix: stri
     const code = s3Code(err) ?? "error";
     let hint = "";
     if (status === 403 || /AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|Forbidden/i.test(code)) {
-      hint = ": access denied; check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and the bucket policy";
+      hint =
+        ": access denied; check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and the bucket policy";
     } else if (status === 404 || /NoSuchBucket|NotFound/i.test(code)) {
       hint = ": no such bucket (create it first)";
     } else if (/Region is missing/i.test(err instanceof Error ? err.message : "")) {
@@ -87,14 +100,18 @@ export async function checkBucket(client: S3Client, bucket: string, prefix: stri
   const key = `${prefix}.carve-server-probe-${randomBytes(8).toString("hex")}`;
   let versionId: string | undefined;
   try {
-    const out = await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: "probe", ContentType: "text/plain" }));
+    const out = await client.send(
+      new PutObjectCommand({ Bucket: bucket, Key: key, Body: "probe", ContentType: "text/plain" }),
+    );
     versionId = out.VersionId;
   } catch (err) {
     throw fail("writing a probe object", err);
   }
   try {
     // With the version, a versioned bucket really drops the probe instead of keeping it behind a delete marker.
-    await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key, ...(versionId ? { VersionId: versionId } : {}) }));
+    await client.send(
+      new DeleteObjectCommand({ Bucket: bucket, Key: key, ...(versionId ? { VersionId: versionId } : {}) }),
+    );
   } catch (err) {
     throw fail(`deleting the probe object ${key}`, err);
   }

@@ -127,7 +127,12 @@ export class S3BlobStore implements BlobStore {
       if (progress || !(await this.stagedArchive(session))) return progress;
       // The staging completed its archive but the upload has not happened (it failed, or the process died):
       // every block is stored, so the carve must read as waiting for completion, never as idle or gone.
-      return { blocksReceived: session.blockCount, bytesReceived: session.carveSize, lastBlockAt: session.createdAt, missing: [] };
+      return {
+        blocksReceived: session.blockCount,
+        bytesReceived: session.carveSize,
+        lastBlockAt: session.createdAt,
+        missing: [],
+      };
     });
   }
 
@@ -176,7 +181,9 @@ export class S3BlobStore implements BlobStore {
         const sha256 = await pump(reader.stream, writer);
         if (sha256 !== facts.sha256 || writer.size !== facts.size) {
           throw new AppError("STORAGE_UNAVAILABLE", undefined, {
-            cause: new Error(`staged archive of ${session.carveId} read back as ${writer.size} bytes, sha256 ${sha256}; expected ${facts.size}, ${facts.sha256}`),
+            cause: new Error(
+              `staged archive of ${session.carveId} read back as ${writer.size} bytes, sha256 ${sha256}; expected ${facts.size}, ${facts.sha256}`,
+            ),
           });
         }
         await heartbeat?.();
@@ -188,9 +195,16 @@ export class S3BlobStore implements BlobStore {
         reader.stream.destroy();
       }
       const confirmed = await this.findArchive(session.carveId, session.sessionId);
-      if (!confirmed || confirmed.key !== key || confirmed.facts.sha256 !== facts.sha256 || confirmed.facts.size !== facts.size) {
+      if (
+        !confirmed ||
+        confirmed.key !== key ||
+        confirmed.facts.sha256 !== facts.sha256 ||
+        confirmed.facts.size !== facts.size
+      ) {
         throw new AppError("STORAGE_UNAVAILABLE", undefined, {
-          cause: new Error(`object ${key} not confirmed after upload (HEAD: ${JSON.stringify(confirmed?.facts ?? null)})`),
+          cause: new Error(
+            `object ${key} not confirmed after upload (HEAD: ${JSON.stringify(confirmed?.facts ?? null)})`,
+          ),
         });
       }
       crashPoint("object.after-upload");
@@ -257,7 +271,7 @@ export class S3BlobStore implements BlobStore {
       try {
         // In a versioned bucket (Object Lock needs one) deleting a version frees its bytes, where a plain
         // delete would only add a delete marker; an older version of the same carve may then show up.
-        for (let found = await this.findArchive(target.carveId, target.sessionId, true); found; ) {
+        for (let found = await this.findArchive(target.carveId, target.sessionId, true); found;) {
           await this.client.send(
             new DeleteObjectCommand({
               Bucket: this.bucket,
@@ -269,7 +283,8 @@ export class S3BlobStore implements BlobStore {
           const next = found.versionId ? await this.findArchive(target.carveId, target.sessionId, true) : null;
           found = next && next.versionId !== found.versionId ? next : null;
         }
-        for (const c of ["none", "zstd"] as const) await abortUploadsOf(this.client, this.bucket, this.key(target.carveId, c));
+        for (const c of ["none", "zstd"] as const)
+          await abortUploadsOf(this.client, this.bucket, this.key(target.carveId, c));
       } catch (err) {
         throw unavailable(err);
       }
@@ -337,8 +352,14 @@ export class S3BlobStore implements BlobStore {
   }
 
   /** Compares a block sent after publication with the object's bytes at its offset (one ranged GET). */
-  private async compareBlock(session: Session, found: FoundArchive, blockId: number, data: Buffer): Promise<BlockWrite> {
-    if (!Number.isInteger(blockId) || blockId < 0 || blockId >= session.blockCount) throw new AppError("BLOCK_OUT_OF_RANGE");
+  private async compareBlock(
+    session: Session,
+    found: FoundArchive,
+    blockId: number,
+    data: Buffer,
+  ): Promise<BlockWrite> {
+    if (!Number.isInteger(blockId) || blockId < 0 || blockId >= session.blockCount)
+      throw new AppError("BLOCK_OUT_OF_RANGE");
     if (data.length !== expectedBlockLength(session, blockId)) throw new AppError("BLOCK_LENGTH_MISMATCH");
     const start = blockOffset(session, blockId);
     let same = true;

@@ -49,7 +49,12 @@ export async function importToS3(
 
   const open = async (): Promise<MultipartWriter> => {
     compression = detectCompression(head);
-    const w = store.writerFor(target, { compression, ...(expected ? { sha256: expected } : {}) }, limits.maxBytes, heartbeat);
+    const w = store.writerFor(
+      target,
+      { compression, ...(expected ? { sha256: expected } : {}) },
+      limits.maxBytes,
+      heartbeat,
+    );
     writer = w;
     await w.start();
     await w.write(head);
@@ -94,12 +99,19 @@ export async function importToS3(
     crashPoint("import.before-publish");
     const facts: ArchiveFacts = { sha256, compression, size };
     await w.complete();
-    const params = store.objectParams(store.key(target.carveId, facts.compression), target.carveId, target.sessionId, facts);
+    const params = store.objectParams(
+      store.key(target.carveId, facts.compression),
+      target.carveId,
+      target.sessionId,
+      facts,
+    );
     completed = params;
     if (!expected) await rewriteMetadata(store.s3.client, params, size);
     const confirmed = await store.findArchive(target.carveId, target.sessionId);
     if (!confirmed || confirmed.facts.sha256 !== sha256 || confirmed.facts.size !== size) {
-      throw new Error(`imported object ${params.key} not confirmed (HEAD: ${JSON.stringify(confirmed?.facts ?? null)})`);
+      throw new Error(
+        `imported object ${params.key} not confirmed (HEAD: ${JSON.stringify(confirmed?.facts ?? null)})`,
+      );
     }
     return facts;
   } catch (err) {
@@ -118,7 +130,9 @@ export async function importToS3(
 async function rewriteMetadata(client: S3Client, params: ObjectParams, size: number): Promise<void> {
   const { bucket, key, metadata, contentType, sse } = params;
   const copySource = `${bucket}/${encodeURIComponent(key).replace(/%2F/g, "/")}`;
-  const encryption = sse ? { ServerSideEncryption: sse.mode, ...(sse.kmsKeyId ? { SSEKMSKeyId: sse.kmsKeyId } : {}) } : {};
+  const encryption = sse
+    ? { ServerSideEncryption: sse.mode, ...(sse.kmsKeyId ? { SSEKMSKeyId: sse.kmsKeyId } : {}) }
+    : {};
   if (size <= MAX_COPY_OBJECT) {
     await client.send(
       new CopyObjectCommand({
@@ -134,7 +148,13 @@ async function rewriteMetadata(client: S3Client, params: ObjectParams, size: num
     return;
   }
   const created = await client.send(
-    new CreateMultipartUploadCommand({ Bucket: bucket, Key: key, Metadata: metadata, ContentType: contentType, ...encryption }),
+    new CreateMultipartUploadCommand({
+      Bucket: bucket,
+      Key: key,
+      Metadata: metadata,
+      ContentType: contentType,
+      ...encryption,
+    }),
   );
   const uploadId = created.UploadId;
   if (!uploadId) throw new Error("CreateMultipartUpload returned no UploadId");
@@ -156,10 +176,17 @@ async function rewriteMetadata(client: S3Client, params: ObjectParams, size: num
       parts.push({ PartNumber: n, ETag: out.CopyPartResult?.ETag });
     }
     await client.send(
-      new CompleteMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: parts } }),
+      new CompleteMultipartUploadCommand({
+        Bucket: bucket,
+        Key: key,
+        UploadId: uploadId,
+        MultipartUpload: { Parts: parts },
+      }),
     );
   } catch (err) {
-    await client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
+    await client
+      .send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }))
+      .catch(() => undefined);
     throw err;
   }
 }

@@ -51,26 +51,38 @@ const DOWNLOAD = `
   console.log(JSON.stringify({ bytes, sha256: hash.digest("hex"), baseline, peak, ms: Date.now() - started }));
 `;
 
-it("downloads 1 GiB from S3 with flat resident memory", async () => {
-  const blobs = await h.open({ partSize: 8 * MIB });
-  const target = { carveId: randomUUID(), sessionId: randomBytes(16).toString("hex") };
-  const hash = createHash("sha256");
-  const uploadStarted = Date.now();
-  const facts = await blobs.importArchive(target, gibibyte(hash), { maxBytes: SIZE });
-  const uploadMs = Date.now() - uploadStarted;
-  await blobs.close();
-  expect(facts).toEqual({ sha256: hash.digest("hex"), compression: "none", size: SIZE });
+it(
+  "downloads 1 GiB from S3 with flat resident memory",
+  async () => {
+    const blobs = await h.open({ partSize: 8 * MIB });
+    const target = { carveId: randomUUID(), sessionId: randomBytes(16).toString("hex") };
+    const hash = createHash("sha256");
+    const uploadStarted = Date.now();
+    const facts = await blobs.importArchive(target, gibibyte(hash), { maxBytes: SIZE });
+    const uploadMs = Date.now() - uploadStarted;
+    await blobs.close();
+    expect(facts).toEqual({ sha256: hash.digest("hex"), compression: "none", size: SIZE });
 
-  const result = await runWithBlobs(server, h, DOWNLOAD, { input: { ref: { ...target, compression: "none", size: SIZE } } });
-  expect(result.code, result.stderr).toBe(0);
-  const m = JSON.parse(result.stdout) as { bytes: number; sha256: string; baseline: number; peak: number; ms: number };
-  expect(m.bytes).toBe(SIZE);
-  expect(m.sha256).toBe(facts.sha256);
-  const mb = (n: number): string => (n / MIB).toFixed(1);
-  console.log(
-    `S3 1 GiB: import ${uploadMs} ms (${((SIZE / MIB) / (uploadMs / 1000)).toFixed(0)} MiB/s); download ${m.ms} ms ` +
-      `(${((SIZE / MIB) / (m.ms / 1000)).toFixed(0)} MiB/s), RSS after 32 MiB ${mb(m.baseline)} MiB, peak ${mb(m.peak)} MiB ` +
-      `(+${mb(m.peak - m.baseline)} MiB)`,
-  );
-  expect(m.peak - m.baseline).toBeLessThan(48 * MIB);
-}, 20 * 60_000);
+    const result = await runWithBlobs(server, h, DOWNLOAD, {
+      input: { ref: { ...target, compression: "none", size: SIZE } },
+    });
+    expect(result.code, result.stderr).toBe(0);
+    const m = JSON.parse(result.stdout) as {
+      bytes: number;
+      sha256: string;
+      baseline: number;
+      peak: number;
+      ms: number;
+    };
+    expect(m.bytes).toBe(SIZE);
+    expect(m.sha256).toBe(facts.sha256);
+    const mb = (n: number): string => (n / MIB).toFixed(1);
+    console.log(
+      `S3 1 GiB: import ${uploadMs} ms (${(SIZE / MIB / (uploadMs / 1000)).toFixed(0)} MiB/s); download ${m.ms} ms ` +
+        `(${(SIZE / MIB / (m.ms / 1000)).toFixed(0)} MiB/s), RSS after 32 MiB ${mb(m.baseline)} MiB, peak ${mb(m.peak)} MiB ` +
+        `(+${mb(m.peak - m.baseline)} MiB)`,
+    );
+    expect(m.peak - m.baseline).toBeLessThan(48 * MIB);
+  },
+  20 * 60_000,
+);

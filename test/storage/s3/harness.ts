@@ -6,7 +6,12 @@ import { randomBytes } from "node:crypto";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { DeleteObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, AbortMultipartUploadCommand } from "@aws-sdk/client-s3";
+import {
+  DeleteObjectCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
+  AbortMultipartUploadCommand,
+} from "@aws-sdk/client-s3";
 import { pino } from "pino";
 import { FilesystemBlobs } from "../../../src/storage/filesystem/filesystem-blobs.js";
 import { MIN_PART_SIZE } from "../../../src/storage/s3/multipart.js";
@@ -34,7 +39,11 @@ export async function s3Harness(server: SeaweedFs): Promise<S3Harness> {
     let token: string | undefined;
     do {
       const page = await admin.send(
-        new ListObjectsV2Command({ Bucket: server.bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}) }),
+        new ListObjectsV2Command({
+          Bucket: server.bucket,
+          Prefix: prefix,
+          ...(token ? { ContinuationToken: token } : {}),
+        }),
       );
       out.push(...(page.Contents ?? []).map((o) => o.Key ?? ""));
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
@@ -67,7 +76,8 @@ export async function s3Harness(server: SeaweedFs): Promise<S3Harness> {
       return out;
     },
     destroy: async () => {
-      for (const key of await objectKeys()) await admin.send(new DeleteObjectCommand({ Bucket: server.bucket, Key: key }));
+      for (const key of await objectKeys())
+        await admin.send(new DeleteObjectCommand({ Bucket: server.bucket, Key: key }));
       const page = await admin.send(new ListMultipartUploadsCommand({ Bucket: server.bucket, Prefix: prefix }));
       for (const u of page.Uploads ?? []) {
         await admin.send(new AbortMultipartUploadCommand({ Bucket: server.bucket, Key: u.Key, UploadId: u.UploadId }));

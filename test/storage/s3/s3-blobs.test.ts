@@ -8,7 +8,13 @@ import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { CopyObjectCommand, HeadObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
+import {
+  CopyObjectCommand,
+  GetObjectLegalHoldCommand,
+  HeadObjectCommand,
+  ListObjectVersionsCommand,
+  PutObjectCommand,
+} from "@aws-sdk/client-s3";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { configSchema } from "../../../src/config/schema.js";
@@ -88,14 +94,25 @@ async function stage(blobs: BlobStore, u: Upload): Promise<void> {
   for (const id of order) await blobs.putBlock(u.session, id, u.blocks[id] as Buffer);
 }
 
-const refOf = (u: Upload) => ({ carveId: u.session.carveId, sessionId: u.session.sessionId, compression: "none" as const, size: u.bytes.length });
+const refOf = (u: Upload) => ({
+  carveId: u.session.carveId,
+  sessionId: u.session.sessionId,
+  compression: "none" as const,
+  size: u.bytes.length,
+});
 
 describe("start-up check (openS3Blobs)", () => {
   const config = (overrides: Record<string, unknown> = {}) =>
     configSchema.parse({
       storage: {
         blobs: "s3",
-        s3: { endpoint: server.endpoint, region: server.region, bucket: server.bucket, forcePathStyle: true, ...overrides },
+        s3: {
+          endpoint: server.endpoint,
+          region: server.region,
+          bucket: server.bucket,
+          forcePathStyle: true,
+          ...overrides,
+        },
       },
     }).storage.s3;
   const staging = async (): Promise<BlobStore> =>
@@ -143,7 +160,9 @@ describe("start-up check (openS3Blobs)", () => {
     vi.stubEnv("AWS_SECRET_ACCESS_KEY", server.secretAccessKey);
     const local = await staging();
     try {
-      await expect(openS3Blobs(config({ endpoint: "http://127.0.0.1:1" }), local)).rejects.toThrow(/HeadBucket failed.*unreachable/);
+      await expect(openS3Blobs(config({ endpoint: "http://127.0.0.1:1" }), local)).rejects.toThrow(
+        /HeadBucket failed.*unreachable/,
+      );
     } finally {
       await local.close();
     }
@@ -170,7 +189,12 @@ describe("S3 blob store", () => {
     // A multipart object's ETag ends in -<parts>: 17 MiB in 5 MiB parts is 4 parts.
     expect(head.ETag).toMatch(/-4"?$/);
     expect(head.ContentLength).toBe(u.bytes.length);
-    expect(head.Metadata).toMatchObject({ sha256: facts.sha256, compression: "none", "session-id": u.session.sessionId, "carve-id": u.session.carveId });
+    expect(head.Metadata).toMatchObject({
+      sha256: facts.sha256,
+      compression: "none",
+      "session-id": u.session.sessionId,
+      "carve-id": u.session.carveId,
+    });
     expect(await h.leftovers()).toEqual([key]);
     expect(sha256(await readAll((await blobs.read(refOf(u))).stream))).toBe(facts.sha256);
   });
@@ -191,7 +215,10 @@ describe("S3 blob store", () => {
       expect(got.length).toBe(end - start + 1);
       expect(sha256(got)).toBe(sha256(u.bytes.subarray(start, end + 1)));
     }
-    await expectCode(blobs.read(refOf(u), { start: u.bytes.length + 10, end: u.bytes.length + 20 }), "RANGE_NOT_SATISFIABLE");
+    await expectCode(
+      blobs.read(refOf(u), { start: u.bytes.length + 10, end: u.bytes.length + 20 }),
+      "RANGE_NOT_SATISFIABLE",
+    );
     await expectCode(blobs.read({ ...refOf(u), sessionId: "another-session" }), "CARVE_NOT_FOUND");
     await expectCode(blobs.read({ ...refOf(u), carveId: randomUUID() }), "CARVE_NOT_FOUND");
   });
@@ -250,7 +277,11 @@ describe("S3 blob store", () => {
     expect(await h.multipartUploads()).toEqual([]);
     expect(await h.objectKeys()).toEqual([]);
     // Every block is still stored: the carve reads as waiting for completion, not as idle or gone.
-    expect(await blobs.progress(u.session, 10)).toMatchObject({ blocksReceived: u.blocks.length, bytesReceived: u.bytes.length, missing: [] });
+    expect(await blobs.progress(u.session, 10)).toMatchObject({
+      blocksReceived: u.blocks.length,
+      bytesReceived: u.bytes.length,
+      missing: [],
+    });
     expect((await blobs.complete(u.session)).sha256).toBe(sha256(u.bytes));
     expect(await h.multipartUploads()).toEqual([]);
   });
@@ -288,13 +319,19 @@ describe("S3 blob store", () => {
     blobs = await h.open({ partSize: MIN_PART_SIZE });
     const bytes = randomBytes(12 * MIB + 5);
     async function* chunks(): AsyncGenerator<Buffer> {
-      for (let off = 0; off < bytes.length; off += 300_000) yield await Promise.resolve(bytes.subarray(off, off + 300_000));
+      for (let off = 0; off < bytes.length; off += 300_000)
+        yield await Promise.resolve(bytes.subarray(off, off + 300_000));
     }
     for (const expected of [undefined, sha256(bytes)]) {
       const target = { carveId: randomUUID(), sessionId: randomBytes(16).toString("hex") };
-      const facts = await blobs.importArchive(target, chunks(), { maxBytes: 64 * MIB, ...(expected ? { expectedSha256: expected } : {}) });
+      const facts = await blobs.importArchive(target, chunks(), {
+        maxBytes: 64 * MIB,
+        ...(expected ? { expectedSha256: expected } : {}),
+      });
       expect(facts).toEqual({ sha256: sha256(bytes), compression: "none", size: bytes.length });
-      const head = await server.client().send(new HeadObjectCommand({ Bucket: server.bucket, Key: `${h.prefix}${target.carveId}.tar` }));
+      const head = await server
+        .client()
+        .send(new HeadObjectCommand({ Bucket: server.bucket, Key: `${h.prefix}${target.carveId}.tar` }));
       expect(head.Metadata).toMatchObject({ sha256: facts.sha256, "session-id": target.sessionId });
       const got = await readAll((await blobs.read({ ...target, compression: "none", size: bytes.length })).stream);
       expect(sha256(got)).toBe(facts.sha256);
@@ -307,9 +344,16 @@ describe("S3 blob store", () => {
     blobs = await h.open();
     const u = makeUpload(3000, 1024);
     const key = `${h.prefix}${u.session.carveId}.tar`;
-    await server.client().send(
-      new PutObjectCommand({ Bucket: server.bucket, Key: key, Body: u.bytes, Metadata: { sha256: sha256(u.bytes), "session-id": "someone-else" } }),
-    );
+    await server
+      .client()
+      .send(
+        new PutObjectCommand({
+          Bucket: server.bucket,
+          Key: key,
+          Body: u.bytes,
+          Metadata: { sha256: sha256(u.bytes), "session-id": "someone-else" },
+        }),
+      );
     await expectCode(blobs.putBlock(u.session, 0, u.blocks[0] as Buffer), "UNKNOWN_SESSION");
     expect(await blobs.delete(u.session)).toBe(0);
     expect(await h.objectKeys()).toEqual([key]);
@@ -328,6 +372,48 @@ describe("legal holds (setObjectLegalHold)", () => {
       const local = await FilesystemBlobs.create({ dataDir: `${h.dataDir}-other`, logger: silent });
       expect(await setObjectLegalHold(local, u.session, true)).toBe("not-s3");
       await local.close();
+    } finally {
+      await blobs.close();
+      await h.destroy();
+    }
+  });
+});
+
+describe("legal holds on a bucket with Object Lock", () => {
+  it("sets and lifts the object's legal hold; a held object cannot be deleted, a lifted one is, every version of it", async () => {
+    const bucket = `locked-${randomBytes(4).toString("hex")}`;
+    await server.createBucket(bucket, { objectLock: true });
+    const locked: SeaweedFs = { ...server, bucket };
+    const h = await s3Harness(locked);
+    const blobs = await h.open();
+    try {
+      const u = makeUpload(6000, 1024);
+      expect(await setObjectLegalHold(blobs, u.session, true)).toBe("no-object");
+      await stage(blobs, u);
+      await blobs.complete(u.session);
+      expect(await setObjectLegalHold(blobs, u.session, true)).toBe("set");
+      const key = `${h.prefix}${u.session.carveId}.tar`;
+      const hold = await server.client().send(new GetObjectLegalHoldCommand({ Bucket: bucket, Key: key }));
+      expect(hold.LegalHold?.Status).toBe("ON");
+      await expectCode(blobs.delete(u.session), "STORAGE_UNAVAILABLE");
+      expect(sha256(await readAll((await blobs.read(refOf(u))).stream))).toBe(sha256(u.bytes));
+      expect(await setObjectLegalHold(blobs, u.session, false)).toBe("set");
+      expect(await blobs.delete(u.session)).toBe(u.bytes.length);
+      // An import whose SHA-256 is learned at the end rewrites its metadata: two versions, both deleted.
+      const imported = { carveId: randomUUID(), sessionId: randomBytes(16).toString("hex") };
+      const bytes = randomBytes(70_000);
+      await blobs.importArchive(
+        imported,
+        (async function* () {
+          yield await Promise.resolve(bytes);
+        })(),
+        { maxBytes: 1e6 },
+      );
+      const before = await server.client().send(new ListObjectVersionsCommand({ Bucket: bucket, Prefix: h.prefix }));
+      expect(before.Versions?.length).toBe(2);
+      expect(await blobs.delete(imported)).toBe(2 * bytes.length);
+      const versions = await server.client().send(new ListObjectVersionsCommand({ Bucket: bucket, Prefix: h.prefix }));
+      expect([...(versions.Versions ?? []), ...(versions.DeleteMarkers ?? [])]).toEqual([]);
     } finally {
       await blobs.close();
       await h.destroy();
