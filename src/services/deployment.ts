@@ -1,5 +1,7 @@
+import type { Config } from "../config/schema.js";
 import type { Logger } from "../logger.js";
-import type { AuditLog, BlobStore, CarveCatalog } from "../storage/contracts.js";
+import { openStorage } from "../storage/factory.js";
+import type { Storage } from "../storage/contracts.js";
 import type { StoreHealth } from "../storage/model.js";
 import { AuditTrailService } from "./audit-trail.js";
 import { Completer, type CompletionOptions } from "./completion.js";
@@ -9,17 +11,6 @@ import { ImportService } from "./imports.js";
 import { IngestService, SessionCache, type CarveLimits } from "./ingest.js";
 import { CarveReadsService } from "./records.js";
 import type { StorageStatus } from "./types.js";
-
-/** One deployment's storage: a catalog, a blob store and an audit log, opened together by src/storage/factory.ts. */
-export interface Storage {
-  catalog: CarveCatalog;
-  blobs: BlobStore;
-  audit: AuditLog;
-  /** This process alone uses the storage (the filesystem data directory's lock): any claim left is a dead one's. */
-  exclusive: boolean;
-  /** Closes all three and what they share (a database connection, the directory lock). */
-  close(): Promise<void>;
-}
 
 export interface ServicesOptions {
   logger: Logger;
@@ -96,4 +87,10 @@ export class CarveServices implements StorageStatus {
   close(): Promise<void> {
     return this.storage.close();
   }
+}
+
+/** Opens the configured storage and the services over it: what the service, the jobs and the CLIs start from. */
+export async function openServices(config: Config, logger: Logger, now?: () => Date): Promise<CarveServices> {
+  const storage = await openStorage(config, logger, now);
+  return new CarveServices(storage, { logger: logger.child({ component: "carves" }), ...(now ? { now } : {}) });
 }

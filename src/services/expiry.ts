@@ -9,16 +9,6 @@ import type { SessionCache } from "./ingest.js";
 import { sessionOf } from "./records.js";
 import type { Expiry } from "./types.js";
 
-/** When a carve falls due: the one expiry rule, used by retention and by the views that show "expires at". */
-export function isExpired(
-  carve: { status: "receiving" | "complete"; completedAt: Date | null; updatedAt: Date; hold: unknown },
-  criteria: Pick<ExpiryCriteria, "completedBefore" | "idleBefore">,
-): boolean {
-  if (carve.hold) return false;
-  if (carve.status === "complete") return carve.completedAt !== null && carve.completedAt < criteria.completedBefore;
-  return carve.updatedAt < criteria.idleBefore;
-}
-
 interface Found extends ExpiryCandidate {
   age: number;
 }
@@ -122,7 +112,8 @@ export class ExpiryService implements Expiry {
   /**
    * Finishes what dead processes left: completions whose claim went stale, and uploads whose every block is stored
    * but whose completion never began. With `exclusive` (this process owns the storage, as with the filesystem
-   * data directory lock), every claim and unfinished delete is a dead process's, whatever its age.
+   * data directory lock), every completion claim and import in progress is a dead process's, whatever its age.
+   * Unfinished deletes are left to retention, which finishes them once stale.
    */
   async recover(options: { exclusive: boolean; staleBefore: Date; limit?: number }): Promise<{ completed: number; deleted: number }> {
     const { catalog } = this.deps;
@@ -136,11 +127,11 @@ export class ExpiryService implements Expiry {
       try {
         if (e.state === "completing") {
           if (await this.deps.completer.finishAbandoned(e)) completed++;
-        } else if (options.exclusive) {
+        } else if (options.exclusive && e.state === "importing") {
           const token = randomUUID();
           const taken = await catalog.update(e.carveId, { states: [e.state], claim: e.claim }, { state: "deleting", claim: token });
           if (taken) {
-            if (e.state === "importing") this.deps.logger.warn({ carveId: e.carveId }, "removing an import interrupted by a restart");
+            this.deps.logger.warn({ carveId: e.carveId }, "removing an import interrupted by a restart");
             await removeCarve(this.deps, taken, token);
             deleted++;
           }

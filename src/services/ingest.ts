@@ -181,12 +181,13 @@ export class IngestService {
    * Opens the catalog entry and the staging, or returns the carve's existing session. Every step is idempotent,
    * so a retried start repairs a start that crashed half-way.
    */
-  private async createSession(cmd: StartCommand, nodeKeySha256: string | null): Promise<{ session: Session; created: boolean }> {
-    if (!isSafeId(cmd.carveId)) throw new AppError("INVALID_START", "unsafe identifier");
+  async createSession(cmd: StartCommand, nodeKeySha256: string | null): Promise<{ session: Session; created: boolean }> {
+    const sessionId = (this.deps.sessionIds ?? newSessionId)();
+    if (!isSafeId(cmd.carveId) || !isSafeId(sessionId)) throw new AppError("INVALID_START", "unsafe identifier");
     const now = this.deps.now();
     const entry: CatalogEntry = {
       carveId: cmd.carveId,
-      sessionId: (this.deps.sessionIds ?? newSessionId)(),
+      sessionId,
       requestId: cmd.requestId,
       nodeKeySha256,
       blockCount: cmd.blockCount,
@@ -307,10 +308,17 @@ export class IngestService {
     }
     const expected = expectedBlockLength(session, cmd.blockId);
     const data = typeof cmd.data === "string" ? decodeBlockData(cmd.data, expected) : decodeBase64InPlace(cmd.data, expected);
-    const write = await this.deps.blobs.putBlock(session, cmd.blockId, data);
-    if (!write.allStored) return { duplicate: write.duplicate, complete: false, completedNow: false, session };
-    // The last block (or a re-send of any block once all are stored): complete it, or see it completed.
+    return { ...(await this.storeBlock(session, cmd.blockId, data)), session };
+  }
+
+  /**
+   * Stores a decoded block and, once every block is stored, completes the carve (or sees it completed).
+   * @throws AppError BLOCK_OUT_OF_RANGE, BLOCK_LENGTH_MISMATCH, BLOCK_CONFLICT, UNKNOWN_SESSION, STORAGE_UNAVAILABLE
+   */
+  async storeBlock(session: Session, blockId: number, data: Buffer): Promise<PutBlockResult> {
+    const write = await this.deps.blobs.putBlock(session, blockId, data);
+    if (!write.allStored) return { duplicate: write.duplicate, complete: false, completedNow: false };
     const completedNow = await this.deps.completer.ensureComplete(session);
-    return { duplicate: write.duplicate, complete: true, completedNow, session };
+    return { duplicate: write.duplicate, complete: true, completedNow };
   }
 }

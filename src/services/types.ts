@@ -73,6 +73,12 @@ export interface Expiry {
    * exactly one gets `deleted: true`.
    */
   deleteIfExpired(carveId: string, criteria: ExpiryCriteria): Promise<{ deleted: boolean; bytesFreed: number }>;
+  /**
+   * Finishes completions whose claim is older than `staleBefore` (their process died) and uploads whose every
+   * block is stored but whose completion never began; with `exclusive`, claims of any age and imports in progress
+   * (this process owns the storage).
+   */
+  recover(options: { exclusive: boolean; staleBefore: Date; limit?: number }): Promise<{ completed: number; deleted: number }>;
 }
 
 export interface StorageStatus {

@@ -277,3 +277,16 @@ export interface AuditLog {
   query(query: AuditQuery): Promise<AuditPage>;
   close(): Promise<void>;
 }
+
+// ------------------------------------------------------------------------------------------------ deployment
+
+/** One deployment's storage: a catalog, a blob store and an audit log, opened together by src/storage/factory.ts. */
+export interface Storage {
+  catalog: CarveCatalog;
+  blobs: BlobStore;
+  audit: AuditLog;
+  /** This process alone uses the storage (the filesystem data directory's lock): any claim left is a dead one's. */
+  exclusive: boolean;
+  /** Closes all three and what they share (a database connection, the directory lock). */
+  close(): Promise<void>;
+}

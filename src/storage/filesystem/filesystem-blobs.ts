@@ -35,6 +35,8 @@ export interface FilesystemBlobsOptions {
   fsyncEachBlock?: boolean;
   /** Uploads kept in memory with open files; older ones are reloaded from their journal. */
   maxOpenUploads?: number;
+  /** The clock of "last block stored" (tests move it). */
+  now?: () => Date;
 }
 
 export class FilesystemBlobs implements BlobStore {
@@ -43,6 +45,7 @@ export class FilesystemBlobs implements BlobStore {
   private readonly logger: Logger;
   private readonly fsyncEachBlock: boolean;
   private readonly maxOpen: number;
+  private readonly now: () => Date;
   /** Uploads in memory with open files, least recently used first. */
   private readonly active = new Map<string, Upload>();
   private readonly loading = new Map<string, Promise<Upload | null>>();
@@ -57,6 +60,7 @@ export class FilesystemBlobs implements BlobStore {
     this.logger = options.logger;
     this.fsyncEachBlock = options.fsyncEachBlock ?? false;
     this.maxOpen = options.maxOpenUploads ?? 256;
+    this.now = options.now ?? (() => new Date());
   }
 
   /**
@@ -124,7 +128,7 @@ export class FilesystemBlobs implements BlobStore {
 
   async begin(session: Session): Promise<void> {
     this.assertOpen();
-    FilesystemBlobs.checkIds(session);
+    if (!isSafeId(session.carveId) || !isSafeId(session.sessionId)) throw new AppError("INVALID_START", "unsafe identifier");
     try {
       await fsp.mkdir(this.sessionDir(session.carveId), { recursive: true });
     } catch (err) {
@@ -242,7 +246,7 @@ export class FilesystemBlobs implements BlobStore {
         upload.mark(blockId);
         upload.received++;
         upload.bytes += data.length;
-        upload.lastBlockAt = new Date();
+        upload.lastBlockAt = this.now();
         await this.advanceHash(upload, blockId, data);
         return { duplicate: false, allStored: upload.received === session.blockCount, published: false };
       } catch (err) {

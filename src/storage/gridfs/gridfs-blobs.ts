@@ -73,6 +73,8 @@ export interface GridFsBlobsOptions {
   db: Db;
   bucket: string;
   logger: Logger;
+  /** The clock of "last block stored" (tests move it). */
+  now?: () => Date;
 }
 
 export class GridFsBlobs implements BlobStore {
@@ -174,7 +176,7 @@ export class GridFsBlobs implements BlobStore {
       const marker = `b.r${blockId}`;
       const marked = await this.uploads.findOneAndUpdate(
         { _id: session.carveId, sessionId: session.sessionId, [marker]: { $exists: false } },
-        { $set: { [marker]: 1, updatedAt: new Date() }, $inc: { blocksReceived: 1, bytesReceived: data.length } },
+        { $set: { [marker]: 1, updatedAt: (this.options.now ?? (() => new Date()))() }, $inc: { blocksReceived: 1, bytesReceived: data.length } },
         { returnDocument: "after", projection: { b: 0 } },
       );
       if (marked) {

@@ -1,43 +1,20 @@
-import { randomUUID } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import type { Readable } from "node:stream";
 import busboy from "busboy";
-import type { Request, Router } from "express";
-import { tokenFromHeaders } from "../auth/token.js";
 import { AppError } from "../errors.js";
-import type { Logger } from "../logger.js";
-import type { CarveStore, ImportSource } from "../storage/carve-store.js";
-import type { Endpoint, EndpointContext, EndpointTarget } from "./responder-routes.js";
-import { CARVE_ID, noQuery, parseWith } from "./responder-schemas.js";
-import { carveDetail, viewStatus, type ExpiryPolicy } from "./responder-views.js";
-
-export interface ImportRouteDeps {
-  store: CarveStore;
-  /** The responder API's frame: authorization, JSON errors, one audit event per request. */
-  endpoint: Endpoint;
-  /** Largest archive accepted (config `import.maxSize`). */
-  maxImportSize: number;
-  now: () => Date;
-  expiry?: ExpiryPolicy | undefined;
-  logger: Logger;
-}
+import { HOST_NOT_HASHED, SHA256_HEX, shown } from "./responder-schemas.js";
 
 /**
  * The form fields an import accepts besides the file part, with the longest value allowed (characters).
  * Everything else is refused: a typo (`source-host`) must not silently lose the chain-of-custody note.
  */
 export const IMPORT_FIELDS = { source_host: 255, original_path: 4096, description: 4000, sha256: 64 } as const;
-type ImportField = keyof typeof IMPORT_FIELDS;
+export type ImportField = keyof typeof IMPORT_FIELDS;
 /** The one file part's field name: `curl -F file=@evidence.tar`. */
 export const IMPORT_FILE_FIELD = "file";
 
 /** Bytes of one field value busboy keeps (UTF-8: up to 4 bytes a character of the longest field). */
 const FIELD_BYTES = 4 * 4096;
-/** A verify body is one small JSON object. */
-const VERIFY_BODY_LIMIT = 4 * 1024;
-const SHA256_HEX = /^[0-9a-fA-F]{64}$/;
-/** osquery's carves.sha256 when the archive is larger than --read_max (carver.cpp: it skips hashing). */
-const HOST_NOT_HASHED = "-1";
 // eslint-disable-next-line no-control-regex -- these are exactly the characters refused
 const CONTROL = /[\u0000-\u001f\u007f]/;
 // eslint-disable-next-line no-control-regex -- a description may span lines; nothing else
@@ -45,12 +22,6 @@ const CONTROL_BUT_LINES = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/;
 
 function isImportField(name: string): name is ImportField {
   return Object.hasOwn(IMPORT_FIELDS, name);
-}
-
-/** A client-chosen name as it may appear in a message or the audit trail: printable and short. */
-function shown(name: string, max = 64): string {
-  const clean = name.replace(/[^\x20-\x7e]/g, "?");
-  return JSON.stringify(clean.length > max ? `${clean.slice(0, max)}...` : clean);
 }
 
 interface Deferred<T> {
@@ -81,7 +52,7 @@ function deferred<T>(): Deferred<T> {
  * been parsed, so anything wrong after the file (a second file, a field, a malformed ending, a disconnect)
  * makes it throw and the store keeps nothing.
  */
-class MultipartImport {
+export class MultipartImport {
   readonly fields = new Map<ImportField, string>();
   fileName: string | null = null;
   /** File bytes handed to the store so far. */
@@ -262,147 +233,4 @@ class MultipartImport {
     stream.on("limit", () => this.fail(new AppError("IMPORT_TOO_LARGE", `larger than ${this.maxBytes} bytes`)));
     this.fileStarted.resolve(stream);
   }
-}
-
-/** The JSON body of a verify request: `{"sha256": "<64 hex>"}` as the host's carves table shows it. */
-async function readVerifyBody(req: IncomingMessage): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > VERIFY_BODY_LIMIT) throw new AppError("BODY_TOO_LARGE");
-    chunks.push(chunk);
-  }
-  let body: unknown;
-  try {
-    body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-  } catch {
-    throw new AppError("INVALID_JSON", 'expected {"sha256": "<the host\'s carves.sha256>"}');
-  }
-  if (typeof body !== "object" || body === null || Array.isArray(body)) {
-    throw new AppError("INVALID_JSON", 'expected {"sha256": "<the host\'s carves.sha256>"}');
-  }
-  const unknown = Object.keys(body).filter((k) => k !== "sha256");
-  if (unknown.length > 0)
-    throw new AppError("INVALID_QUERY", `unknown field(s) ${unknown.map((k) => shown(k)).join(", ")}`);
-  const raw = (body as { sha256?: unknown }).sha256;
-  // osquery's carves.sha256 is text; fleet managers may turn -1 into a number.
-  const value = typeof raw === "number" ? String(raw) : raw;
-  if (typeof value !== "string") throw new AppError("INVALID_SHA256", 'missing: send {"sha256": "..."}');
-  const claimed = value.trim();
-  if (claimed === HOST_NOT_HASHED) throw new AppError("HOST_SHA256_UNAVAILABLE");
-  if (claimed === "") throw new AppError("INVALID_SHA256", "empty (the host has not hashed the archive yet)");
-  if (!SHA256_HEX.test(claimed)) throw new AppError("INVALID_SHA256");
-  return claimed.toLowerCase();
-}
-
-/**
- * POST /api/v1/carves/import (import right) and POST /api/v1/carves/:carve_id/verify (read right), in the
- * responder API's frame: each request is authorized before its body is read, answered in the one JSON error
- * shape, and audited (carve.import with who, size, sha256 and source host; carve.verify with the outcome).
- */
-export function registerImportRoutes(router: Router, deps: ImportRouteDeps): void {
-  const { store, endpoint, now } = deps;
-
-  const importTarget = (req: Request): EndpointTarget => ({
-    token: tokenFromHeaders(req.headers),
-    question: { action: "import" },
-    carveId: null,
-  });
-
-  const importArchive = async (ctx: EndpointContext): Promise<void> => {
-    const { req, res } = ctx;
-    parseWith(noQuery, req.query);
-    const contentType = req.headers["content-type"] ?? "";
-    if (!/^multipart\/form-data\s*;/i.test(contentType)) {
-      throw new AppError("IMPORT_NOT_MULTIPART", `got ${shown(contentType.split(";")[0] ?? "", 80)}`);
-    }
-    const encoding = req.headers["content-encoding"];
-    if (encoding !== undefined && encoding.toLowerCase() !== "identity") {
-      throw new AppError("IMPORT_NOT_MULTIPART", "compressed request bodies are not accepted");
-    }
-    const form = new MultipartImport(req, deps.maxImportSize);
-    try {
-      const file = await form.fileStream();
-      if (file === null) throw new AppError("IMPORT_FILE_MISSING");
-      const field = (name: ImportField): string | null => form.fields.get(name) || null;
-      const expectedSha256 = field("sha256");
-      const source: ImportSource = {
-        host: field("source_host"),
-        originalPath: field("original_path"),
-        description: field("description"),
-        importedBy: { displayName: ctx.actor.displayName, entityId: ctx.actor.entityId },
-      };
-      const carveId = randomUUID();
-      ctx.carveId = carveId;
-      ctx.detail.sourceHost = source.host;
-      ctx.detail.originalPath = source.originalPath === null ? null : source.originalPath.slice(0, 300);
-      ctx.detail.fileName = form.fileName;
-      ctx.detail.expectedSha256 = expectedSha256;
-      const record = await store.importCarve(
-        {
-          carveId,
-          sessionId: randomUUID(),
-          source,
-          agent: {
-            address: ctx.client.address,
-            userAgent: req.get("user-agent") ?? null,
-            certificate: ctx.client.certificate,
-          },
-        },
-        form.chunks(),
-        { maxBytes: deps.maxImportSize, ...(expectedSha256 !== null ? { expectedSha256 } : {}) },
-      );
-      ctx.detail.size = record.carveSize;
-      ctx.detail.sha256 = record.sha256;
-      ctx.detail.compression = record.compression;
-      res
-        .status(201)
-        .location(`/api/v1/carves/${carveId}`)
-        .json(carveDetail(record, [], now(), deps.expiry));
-    } finally {
-      ctx.detail.bytesReceived = form.bytes;
-      form.dispose();
-    }
-  };
-
-  const verifyTarget = (req: Request): EndpointTarget => {
-    const token = tokenFromHeaders(req.headers);
-    const carveId = String(req.params.carve_id ?? "");
-    if (!CARVE_ID.test(carveId)) return { token, question: null, carveId: null };
-    return { token, question: { action: "read", carveId }, carveId };
-  };
-
-  const verify = async (ctx: EndpointContext): Promise<void> => {
-    parseWith(noQuery, ctx.req.query);
-    const carveId = ctx.carveId as string;
-    const claimedSha256 = await readVerifyBody(ctx.req);
-    ctx.detail.claimedSha256 = claimedSha256;
-    const record = await store.getCarve(carveId);
-    ctx.detail.storedSha256 = record.sha256;
-    if (record.status !== "complete" || record.sha256 === null) {
-      throw new AppError(
-        "CARVE_NOT_COMPLETE",
-        `status ${viewStatus(record, now())}, ${record.blocksReceived} of ${record.blockCount} blocks received: nothing to compare yet`,
-      );
-    }
-    const match = claimedSha256 === record.sha256;
-    await store.recordVerification(carveId, {
-      claimedSha256,
-      match,
-      by: ctx.actor.displayName ?? ctx.actor.entityId ?? null,
-      at: now(),
-    });
-    ctx.detail.match = match;
-    ctx.detail.outcome = match ? "match" : "mismatch";
-    if (!match)
-      deps.logger.warn(
-        { carveId, storedSha256: record.sha256, claimedSha256 },
-        "carve does not match the host's sha256",
-      );
-    ctx.res.json({ carveId, match, storedSha256: record.sha256, claimedSha256 });
-  };
-
-  router.post("/api/v1/carves/import", endpoint("carve.import", importTarget, importArchive));
-  router.post("/api/v1/carves/:carve_id/verify", endpoint("carve.verify", verifyTarget, verify));
 }

@@ -5,7 +5,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { AppError, type ErrorCode } from "../../src/errors.js";
-import type { CarveStore } from "../../src/storage/carve-store.js";
+import type { DeploymentStore as CarveStore } from "./services-as-store.js";
 import { makeCarve, readAll, sha256, shuffled, type TestCarve } from "../support/carve-data.js";
 
 export interface StoreHarness {
@@ -67,7 +67,7 @@ export function carveStoreConformance(name: string, makeHarness: () => Promise<S
         expect(found).toMatchObject({
           carveId: carve.spec.carveId,
           requestId: carve.spec.requestId,
-          nodeKey: "node-key-1",
+          nodeKeySha256: sha256(Buffer.from("node-key-1")),
           blockCount: 3,
           blockSize: 1024,
           carveSize: 3000,
@@ -312,7 +312,7 @@ export function carveStoreConformance(name: string, makeHarness: () => Promise<S
         expect(complete.carves.map((c) => c.carveId)).toEqual(carves.slice(0, 3).map((c) => c.spec.carveId).reverse());
         const receiving = await store.listCarves({ limit: 10, status: "receiving" });
         expect(receiving.carves).toHaveLength(2);
-        const even = await store.listCarves({ limit: 10, nodeKey: "even" });
+        const even = await store.listCarves({ limit: 10, nodeSha256Prefix: sha256(Buffer.from("even")).slice(0, 12) });
         expect(even.carves).toHaveLength(3);
 
         const since = new Date(Date.parse("2026-01-01T00:02:00Z"));
