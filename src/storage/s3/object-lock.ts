@@ -1,47 +1,50 @@
-import { GetObjectLockConfigurationCommand, PutObjectLegalHoldCommand } from "@aws-sdk/client-s3";
-import type { BlobStore } from "../contracts.js";
+import { GetObjectLockConfigurationCommand, PutObjectLegalHoldCommand, type S3Client } from "@aws-sdk/client-s3";
 import { s3Code, s3Status, unavailable } from "./s3-errors.js";
-import { S3BlobStore } from "./s3-blobs.js";
 
 /**
- * What setObjectLegalHold did: "set" (the object's legal hold is now as asked), "not-s3" (the blobs are not
- * on S3), "not-enabled" (the bucket has no Object Lock, so holds live in the catalog only), "no-object" (the carve
- * is not published yet: call again after its completion).
+ * What setting an object's legal hold did: "set" (the object's legal hold is now as asked), "not-s3" (the blobs
+ * are not on S3), "not-enabled" (the bucket has no Object Lock, so holds live in the catalog only), "no-object"
+ * (the carve is not published yet: call again after its completion).
  */
 export type LegalHoldOutcome = "set" | "not-s3" | "not-enabled" | "no-object";
 
-const lockEnabled = new WeakMap<S3BlobStore, boolean>();
+/** Whether the bucket has Object Lock, asked once per store. */
+export class ObjectLockState {
+  private enabled: Promise<boolean> | null = null;
+
+  constructor(
+    private readonly client: S3Client,
+    private readonly bucket: string,
+  ) {}
+
+  isEnabled(): Promise<boolean> {
+    this.enabled ??= this.client.send(new GetObjectLockConfigurationCommand({ Bucket: this.bucket })).then(
+      (out) => out.ObjectLockConfiguration?.ObjectLockEnabled === "Enabled",
+      (err: unknown) => {
+        // AWS answers 404 ObjectLockConfigurationNotFoundError for a bucket without Object Lock.
+        if (s3Status(err) === 404 || /ObjectLockConfiguration/i.test(s3Code(err) ?? "")) return false;
+        this.enabled = null;
+        throw err;
+      },
+    );
+    return this.enabled;
+  }
+}
 
 /**
- * Optional second lock on a held carve: when the bucket was created with S3 Object Lock, a legal hold in the
- * catalog can also be put on the object, so that nobody with bucket credentials (or a lifecycle rule) can delete
- * it either until it is lifted (`on: false`). The catalog's hold stays the one the service obeys; this adds
- * nothing when Object Lock is off, and the call is then harmless. Delete lifts nothing by itself: lift the
- * object's hold before deleting a carve whose catalog hold was lifted.
+ * Sets or lifts the legal hold of one object version (found by the store) when the bucket has Object Lock.
  * @throws AppError STORAGE_UNAVAILABLE when S3 fails.
  */
-export async function setObjectLegalHold(
-  blobs: BlobStore,
-  target: { carveId: string; sessionId: string },
+export async function applyLegalHold(
+  client: S3Client,
+  bucket: string,
+  lock: ObjectLockState,
+  find: () => Promise<{ key: string; versionId: string | undefined } | null>,
   on: boolean,
 ): Promise<LegalHoldOutcome> {
-  if (!(blobs instanceof S3BlobStore)) return "not-s3";
-  const { client, bucket } = blobs.s3;
   try {
-    let enabled = lockEnabled.get(blobs);
-    if (enabled === undefined) {
-      try {
-        const out = await client.send(new GetObjectLockConfigurationCommand({ Bucket: bucket }));
-        enabled = out.ObjectLockConfiguration?.ObjectLockEnabled === "Enabled";
-      } catch (err) {
-        // AWS answers 404 ObjectLockConfigurationNotFoundError for a bucket without Object Lock.
-        if (s3Status(err) !== 404 && !/ObjectLockConfiguration/i.test(s3Code(err) ?? "")) throw err;
-        enabled = false;
-      }
-      lockEnabled.set(blobs, enabled);
-    }
-    if (!enabled) return "not-enabled";
-    const found = await blobs.findArchive(target.carveId, target.sessionId);
+    if (!(await lock.isEnabled())) return "not-enabled";
+    const found = await find();
     if (!found) return "no-object";
     await client.send(
       new PutObjectLegalHoldCommand({

@@ -25,6 +25,7 @@ import type { ByteRange, Compression, Session, StoreHealth } from "../model.js";
 import { abortUploadsOf, MIN_PART_SIZE, MultipartWriter, partSizeFor, type ObjectParams } from "./multipart.js";
 import { isNotFound, s3Code, s3Status, unavailable } from "./s3-errors.js";
 import { importToS3 } from "./s3-import.js";
+import { applyLegalHold, ObjectLockState, type LegalHoldOutcome } from "./object-lock.js";
 
 export const DEFAULT_PART_SIZE = 8 * 1024 * 1024;
 
@@ -85,6 +86,7 @@ export class S3BlobStore implements BlobStore {
   private readonly logger: Logger | undefined;
   private closed = false;
   private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly objectLock: ObjectLockState;
 
   constructor(options: S3BlobStoreOptions) {
     this.client = options.client;
@@ -96,6 +98,7 @@ export class S3BlobStore implements BlobStore {
     if (this.partSize < MIN_PART_SIZE) throw new Error(`S3 part size must be at least ${MIN_PART_SIZE} bytes`);
     this.endpoint = options.endpoint ?? null;
     this.logger = options.logger;
+    this.objectLock = new ObjectLockState(this.client, this.bucket);
   }
 
   /** The object key of a carve's archive. */
@@ -346,7 +349,26 @@ export class S3BlobStore implements BlobStore {
     return heads.find((h) => h !== null) ?? null;
   }
 
-  /** The client and bucket, for the legal-hold helper (object-lock.ts). */
+  /**
+   * Optional second lock on a held carve: when the bucket was created with S3 Object Lock, the object's legal hold
+   * is set (`on`) or lifted, so that nobody with bucket credentials, and no lifecycle rule, can delete it meanwhile.
+   * The catalog's hold stays the one the service obeys; on a bucket without Object Lock this changes nothing and
+   * answers "not-enabled". A carve not yet published answers "no-object": set it again after its completion.
+   * Deleting a carve does not lift it: lift it first.
+   */
+  setLegalHold(target: { carveId: string; sessionId: string }, on: boolean): Promise<LegalHoldOutcome> {
+    return this.track(() =>
+      applyLegalHold(
+        this.client,
+        this.bucket,
+        this.objectLock,
+        () => this.findArchive(target.carveId, target.sessionId),
+        on,
+      ),
+    );
+  }
+
+  /** The client and bucket, for imports (s3-import.ts). */
   get s3(): { client: S3Client; bucket: string } {
     return { client: this.client, bucket: this.bucket };
   }
@@ -429,4 +451,17 @@ async function pump(source: Readable, writer: MultipartWriter): Promise<string> 
     await writer.write(chunk);
   }
   return hash.digest("hex");
+}
+
+/**
+ * The legal-hold hook for callers that hold any BlobStore: a store with Object Lock support (S3BlobStore) sets
+ * or lifts the object's hold, any other answers "not-s3". See S3BlobStore.setLegalHold.
+ */
+export function setObjectLegalHold(
+  blobs: BlobStore,
+  target: { carveId: string; sessionId: string },
+  on: boolean,
+): Promise<LegalHoldOutcome> {
+  const lockable = blobs as BlobStore & { setLegalHold?: (t: typeof target, on: boolean) => Promise<LegalHoldOutcome> };
+  return typeof lockable.setLegalHold === "function" ? lockable.setLegalHold(target, on) : Promise.resolve("not-s3");
 }

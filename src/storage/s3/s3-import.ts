@@ -16,7 +16,25 @@ import type { ArchiveFacts, ImportLimits } from "../contracts.js";
 import type { Compression } from "../model.js";
 import { partSizeFor, type MultipartWriter, type ObjectParams } from "./multipart.js";
 import { unavailable } from "./s3-errors.js";
-import type { S3BlobStore } from "./s3-blobs.js";
+
+/** What an import needs of the S3 blob store (an interface, so that the two modules do not import each other). */
+export interface ImportHost {
+  readonly s3: { client: S3Client; bucket: string };
+  key(carveId: string, compression: Compression): string;
+  writerFor(
+    target: { carveId: string; sessionId: string },
+    facts: { compression: Compression; sha256?: string },
+    maxSize: number,
+    onPart?: () => Promise<void>,
+  ): MultipartWriter;
+  objectParams(
+    key: string,
+    carveId: string,
+    sessionId: string,
+    facts: { compression: Compression; sha256?: string },
+  ): ObjectParams;
+  findArchive(carveId: string, sessionId: string): Promise<{ facts: ArchiveFacts } | null>;
+}
 
 /** CopyObject copies at most 5 GiB; larger objects are copied part by part on the server. */
 const MAX_COPY_OBJECT = 5 * 1024 ** 3;
@@ -31,7 +49,7 @@ const COPY_PART_SIZE = 1024 ** 3;
  * that reads as published.
  */
 export async function importToS3(
-  store: S3BlobStore,
+  store: ImportHost,
   target: { carveId: string; sessionId: string },
   data: AsyncIterable<Buffer>,
   limits: ImportLimits,

@@ -23,9 +23,8 @@ import type { BlobStore } from "../../../src/storage/contracts.js";
 import { FilesystemBlobs } from "../../../src/storage/filesystem/filesystem-blobs.js";
 import type { Session } from "../../../src/storage/model.js";
 import { MIN_PART_SIZE } from "../../../src/storage/s3/multipart.js";
-import { setObjectLegalHold } from "../../../src/storage/s3/object-lock.js";
 import { openS3Blobs } from "../../../src/storage/s3/open-s3.js";
-import { S3BlobStore } from "../../../src/storage/s3/s3-blobs.js";
+import { S3BlobStore, setObjectLegalHold } from "../../../src/storage/s3/s3-blobs.js";
 import { startSeaweedFs, type SeaweedFs } from "../../support/seaweedfs.js";
 import { s3Harness, type S3Harness } from "./harness.js";
 
@@ -344,16 +343,14 @@ describe("S3 blob store", () => {
     blobs = await h.open();
     const u = makeUpload(3000, 1024);
     const key = `${h.prefix}${u.session.carveId}.tar`;
-    await server
-      .client()
-      .send(
-        new PutObjectCommand({
-          Bucket: server.bucket,
-          Key: key,
-          Body: u.bytes,
-          Metadata: { sha256: sha256(u.bytes), "session-id": "someone-else" },
-        }),
-      );
+    await server.client().send(
+      new PutObjectCommand({
+        Bucket: server.bucket,
+        Key: key,
+        Body: u.bytes,
+        Metadata: { sha256: sha256(u.bytes), "session-id": "someone-else" },
+      }),
+    );
     await expectCode(blobs.putBlock(u.session, 0, u.blocks[0] as Buffer), "UNKNOWN_SESSION");
     expect(await blobs.delete(u.session)).toBe(0);
     expect(await h.objectKeys()).toEqual([key]);
