@@ -1,6 +1,7 @@
 /**
- * An S3 blob store over a real SeaweedFS (test/support/seaweedfs.ts) with filesystem staging, each harness under
- * its own key prefix and data directory so tests sharing one server never see each other's objects.
+ * An S3 blob store over a real SeaweedFS (test/support/seaweedfs.ts) with filesystem staging (or another staging
+ * store given), each harness under its own key prefix and data directory so tests sharing one server never see
+ * each other's objects.
  */
 import { randomBytes } from "node:crypto";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
@@ -13,6 +14,7 @@ import {
   AbortMultipartUploadCommand,
 } from "@aws-sdk/client-s3";
 import { pino } from "pino";
+import type { BlobStore } from "../../../src/storage/contracts.js";
 import { FilesystemBlobs } from "../../../src/storage/filesystem/filesystem-blobs.js";
 import { MIN_PART_SIZE } from "../../../src/storage/s3/multipart.js";
 import { S3_CLIENT_DEFAULTS } from "../../../src/storage/s3/open-s3.js";
@@ -30,7 +32,14 @@ export interface S3Harness {
   destroy(): Promise<void>;
 }
 
-export async function s3Harness(server: SeaweedFs): Promise<S3Harness> {
+/** A staging store other than the filesystem's: how to open it and what it still holds. */
+export interface StagingFactory {
+  open(): Promise<BlobStore>;
+  leftovers(): Promise<string[]>;
+  destroy(): Promise<void>;
+}
+
+export async function s3Harness(server: SeaweedFs, stagingFactory?: StagingFactory): Promise<S3Harness> {
   const prefix = `t-${randomBytes(6).toString("hex")}/`;
   const dataDir = await mkdtemp(path.join(tmpdir(), "carve-s3-staging-"));
   const admin = server.client();
@@ -62,7 +71,9 @@ export async function s3Harness(server: SeaweedFs): Promise<S3Harness> {
         client: server.client(S3_CLIENT_DEFAULTS),
         bucket: server.bucket,
         prefix,
-        staging: await FilesystemBlobs.create({ dataDir, logger: pino({ level: "silent" }) }),
+        staging: stagingFactory
+          ? await stagingFactory.open()
+          : await FilesystemBlobs.create({ dataDir, logger: pino({ level: "silent" }) }),
         partSize: options.partSize ?? MIN_PART_SIZE,
         endpoint: server.endpoint,
       }),
@@ -70,6 +81,7 @@ export async function s3Harness(server: SeaweedFs): Promise<S3Harness> {
     multipartUploads,
     leftovers: async () => {
       const out = [...(await objectKeys()), ...(await multipartUploads())];
+      if (stagingFactory) out.push(...(await stagingFactory.leftovers()).map((k) => `staging:${k}`));
       for (const sub of ["carves", "sessions", "tmp"]) {
         for (const name of await readdir(path.join(dataDir, sub)).catch(() => [])) out.push(`staging:${sub}/${name}`);
       }
@@ -84,6 +96,7 @@ export async function s3Harness(server: SeaweedFs): Promise<S3Harness> {
       }
       admin.destroy();
       await rm(dataDir, { recursive: true, force: true });
+      await stagingFactory?.destroy();
     },
   };
 }
