@@ -8,7 +8,7 @@ import {
 } from "@aws-sdk/client-s3";
 import type { Config } from "../../config/schema.js";
 import type { Logger } from "../../logger.js";
-import type { BlobStore } from "../contracts.js";
+import type { BlobStore, Storage } from "../contracts.js";
 import { s3Code, s3Status } from "./s3-errors.js";
 import { S3BlobStore } from "./s3-blobs.js";
 
@@ -31,7 +31,12 @@ export const S3_CLIENT_DEFAULTS = {
  * released and the error says what to fix; the caller still owns `staging` and closes it.
  * @throws Error with the reason, to be reported before the service listens.
  */
-export async function openS3Blobs(config: S3Config, staging: BlobStore, logger?: Logger): Promise<S3BlobStore> {
+export async function openS3Blobs(
+  config: S3Config,
+  staging: BlobStore,
+  logger?: Logger,
+  options: { ownsStaging?: boolean } = {},
+): Promise<S3BlobStore> {
   const bucket = config.bucket;
   if (!bucket) throw new Error("storage.s3.bucket is required for CARVE_BLOBS=s3 (CARVE_S3_BUCKET)");
   const client = new S3Client({
@@ -61,6 +66,7 @@ export async function openS3Blobs(config: S3Config, staging: BlobStore, logger?:
     staging,
     sse,
     partSize: config.partSize,
+    ownsStaging: options.ownsStaging ?? true,
     endpoint: config.endpoint ?? "aws",
     ...(logger ? { logger } : {}),
   });
@@ -115,4 +121,27 @@ export async function checkBucket(client: S3Client, bucket: string, prefix: stri
   } catch (err) {
     throw fail(`deleting the probe object ${key}`, err);
   }
+}
+
+/**
+ * A deployment (src/storage/factory.ts) with its completed archives on S3: its own blob store becomes the staging,
+ * the catalog and audit log stay. Closing it lets S3 work in flight finish, then closes the deployment (which
+ * closes the staging) in its own order. On failure the deployment is closed and the error thrown.
+ */
+export async function withS3Archives(storage: Storage, config: S3Config, logger?: Logger): Promise<Storage> {
+  let blobs: S3BlobStore;
+  try {
+    blobs = await openS3Blobs(config, storage.blobs, logger, { ownsStaging: false });
+  } catch (err) {
+    await storage.close().catch(() => undefined);
+    throw err;
+  }
+  return {
+    ...storage,
+    blobs,
+    close: async () => {
+      await blobs.close();
+      await storage.close();
+    },
+  };
 }

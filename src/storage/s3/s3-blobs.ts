@@ -49,6 +49,8 @@ export interface S3BlobStoreOptions {
   sse?: S3Encryption | undefined;
   /** Multipart part size (default 8 MiB; raised when 10,000 parts would not hold an archive). */
   partSize?: number;
+  /** Whether close() closes the staging too (default); false when its owner closes it (openS3Archives). */
+  ownsStaging?: boolean;
   /** Shown in health details (never credentials). */
   endpoint?: string;
   logger?: Logger;
@@ -80,6 +82,7 @@ export class S3BlobStore implements BlobStore {
   readonly prefix: string;
   private readonly client: S3Client;
   private readonly staging: BlobStore;
+  private readonly ownsStaging: boolean;
   private readonly sse: S3Encryption | undefined;
   private readonly partSize: number;
   private readonly endpoint: string | null;
@@ -93,6 +96,7 @@ export class S3BlobStore implements BlobStore {
     this.bucket = options.bucket;
     this.prefix = options.prefix ?? "";
     this.staging = options.staging;
+    this.ownsStaging = options.ownsStaging ?? true;
     this.sse = options.sse;
     this.partSize = options.partSize ?? DEFAULT_PART_SIZE;
     if (this.partSize < MIN_PART_SIZE) throw new Error(`S3 part size must be at least ${MIN_PART_SIZE} bytes`);
@@ -320,7 +324,7 @@ export class S3BlobStore implements BlobStore {
     if (this.closed) return;
     this.closed = true;
     await Promise.allSettled([...this.inFlight]);
-    await this.staging.close();
+    if (this.ownsStaging) await this.staging.close();
     this.client.destroy();
   }
 
