@@ -95,16 +95,16 @@ do_install() {
   rm -rf "$build"
   mkdir -p "$build"
   log "downloading $SEAWEEDFS_MODULE@$SEAWEEDFS_VERSION from the Go module proxy"
-  json="$(cd "$build" && GOFLAGS=-mod=mod go mod download -json "$SEAWEEDFS_MODULE@$SEAWEEDFS_VERSION")" \
+  json="$(cd "$build" && go mod download -json "$SEAWEEDFS_MODULE@$SEAWEEDFS_VERSION")" \
     || { printf '%s\n' "$json" >&2; die "go mod download failed"; }
   dir="$(printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' | head -n1)"
   [[ -n "$dir" && -f "$dir/go.mod" ]] || { printf '%s\n' "$json" >&2; die "no module directory in the download reply"; }
-  # The module cache is read-only; the build writes nothing into it, but go refuses replace directives
-  # outside the main module, so the module becomes the main module of a writable copy.
+  # The module cache is read-only, and go honours replace directives only in the main module: the copy is
+  # writable and is its own main module.
   cp -r "$dir" "$build/src"
   chmod -R u+w "$build/src"
   log "building weed (about 10 minutes the first time; log in $build/build.log)"
-  (cd "$build/src" && GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" -o "$build/weed" ./weed) \
+  (cd "$build/src" && GOFLAGS=-buildvcs=false go build -o "$build/weed" ./weed) \
     >"$build/build.log" 2>&1 || { tail -n 40 "$build/build.log" >&2; die "go build ./weed failed"; }
   weed_runs "$build/weed" || die "the built weed does not run"
   place "$build/weed"

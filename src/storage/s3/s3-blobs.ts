@@ -8,7 +8,7 @@ import {
   type S3Client,
   type ServerSideEncryption,
 } from "@aws-sdk/client-s3";
-import { archiveExtension, blockOffset, expectedBlockLength } from "../../carves/geometry.js";
+import { archiveExtension, blockOffset, expectedBlockLength, isSafeId } from "../../carves/geometry.js";
 import { AppError, isAppError } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import { crashPoint } from "../../util/crash-point.js";
@@ -247,6 +247,7 @@ export class S3BlobStore implements BlobStore {
 
   read(ref: ArchiveRef, range?: ByteRange): Promise<BlobReader> {
     return this.track(async () => {
+      if (!isSafeId(ref.carveId)) throw new AppError("CARVE_NOT_FOUND");
       const key = this.key(ref.carveId, ref.compression);
       let body: Readable;
       try {
@@ -334,6 +335,8 @@ export class S3BlobStore implements BlobStore {
    * nor one without its SHA-256 in the metadata (an import not yet finished), unless `unfinished` is asked.
    */
   async findArchive(carveId: string, sessionId: string, unfinished = false): Promise<FoundArchive | null> {
+    // Ids become part of a key: the same rule as for file names elsewhere, so no key outside the prefix's pattern.
+    if (!isSafeId(carveId)) return null;
     const heads = await Promise.all(
       (["zstd", "none"] as const).map(async (compression) => {
         const key = this.key(carveId, compression);
