@@ -1,7 +1,9 @@
 /**
  * Two replicas of the service sharing one MongoDB and one S3 bucket (a real SeaweedFS), each with its own
  * connections: blocks of one carve arrive at both, the last ones at both at once. The carve is completed exactly
- * once, by one multipart upload, and both replicas serve it byte-exact, whole and in ranges.
+ * once, by one multipart upload, and both replicas serve it byte-exact, whole and in ranges. S3 stopping in the
+ * middle of a completion leaves the carve receiving with every block staged; a replica started once S3 is back
+ * completes it.
  */
 import { randomBytes, randomUUID } from "node:crypto";
 import { ListMultipartUploadsCommand, ListObjectsV2Command } from "@aws-sdk/client-s3";
@@ -23,17 +25,20 @@ const database = `carve_replicas_${randomBytes(6).toString("hex")}`;
 const prefix = `replicas-${randomBytes(6).toString("hex")}/`;
 let server: SeaweedFs;
 const replicas: DeploymentStore[] = [];
+const services: CarveServices[] = [];
+let s3Section: ReturnType<typeof configSchema.parse>["storage"]["s3"];
 
 beforeAll(async () => {
   server = await startSeaweedFs();
   vi.stubEnv("AWS_ACCESS_KEY_ID", server.accessKeyId);
   vi.stubEnv("AWS_SECRET_ACCESS_KEY", server.secretAccessKey);
-  const s3 = configSchema.parse({
+  s3Section = configSchema.parse({
     storage: { blobs: "s3", s3: { endpoint: server.endpoint, region: server.region, bucket: server.bucket, forcePathStyle: true, prefix } },
   }).storage.s3;
   for (let i = 0; i < 2; i++) {
-    const storage = await withS3Archives(await openMongoStorage({ uri: inject("mongoUri"), database, bucket: "carves", logger }), s3, logger);
-    replicas.push(storeOver(new CarveServices(storage, { logger })));
+    const storage = await withS3Archives(await openMongoStorage({ uri: inject("mongoUri"), database, bucket: "carves", logger }), s3Section, logger);
+    services.push(new CarveServices(storage, { logger }));
+    replicas.push(storeOver(services[i] as CarveServices));
   }
 }, 30 * 60_000);
 afterAll(async () => {
@@ -82,4 +87,42 @@ it("completes a carve sent to two replicas exactly once, and both serve it byte-
   expect((objects.Contents ?? []).map((o) => o.Key)).toEqual([`${prefix}${carve.spec.carveId}.tar`]);
   expect((await client.send(new ListMultipartUploadsCommand({ Bucket: server.bucket, Prefix: prefix }))).Uploads ?? []).toEqual([]);
   client.destroy();
+});
+
+it("completes, once S3 is back, a carve whose completion S3 interrupted", async () => {
+  const [a] = replicas as [DeploymentStore];
+  const carve = makeCarve({ size: 40 * 1024 * 1024, blockSize: 1024 * 1024 });
+  const { session } = await a.createSession(carve.spec, randomUUID().replaceAll("-", ""));
+  const last = carve.blocks.length - 1;
+  for (let id = 0; id < last; id++) await a.putBlock(session, id, carve.blocks[id] as Buffer);
+  // The last block starts the completion; S3 goes away while its parts are being sent.
+  const stopping = (async () => {
+    const client = server.client();
+    try {
+      for (;;) {
+        const uploads = await client.send(new ListMultipartUploadsCommand({ Bucket: server.bucket, Prefix: prefix }));
+        if ((uploads.Uploads ?? []).length > 0) break;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    } finally {
+      client.destroy();
+    }
+    await server.stop();
+  })();
+  await expect(a.putBlock(session, last, carve.blocks[last] as Buffer)).rejects.toBeInstanceOf(AppError);
+  await stopping;
+  expect((await a.getCarve(carve.spec.carveId))?.status).toBe("receiving");
+  await server.start();
+  // A replica starting now finishes what was left: every block is staged, so recovery completes it.
+  const storage = await withS3Archives(await openMongoStorage({ uri: inject("mongoUri"), database, bucket: "carves", logger }), s3Section, logger);
+  const fresh = new CarveServices(storage, { logger });
+  try {
+    await fresh.recoverAtStart(0);
+    const record = await storeOver(fresh).getCarve(carve.spec.carveId);
+    expect(record?.status).toBe("complete");
+    expect(record?.sha256).toBe(sha256(carve.bytes));
+    expect(sha256(await readAll((await a.openArchive(carve.spec.carveId)).stream))).toBe(sha256(carve.bytes));
+  } finally {
+    await fresh.close();
+  }
 });
