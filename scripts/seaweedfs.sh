@@ -3,7 +3,7 @@
 #
 # SeaweedFS (Apache-2.0) is built from its Go module: `go install` refuses it because its go.mod has a
 # replace directive, so the module is downloaded with `go mod download`, copied to a writable place and
-# built there with `go build ./weed`. The first build takes about 10 minutes on two cores; the binary is
+# built there with `go build ./weed`. The first build takes 10 to 30 minutes on two cores; the binary is
 # then kept under the install root and every later `install` returns at once.
 #
 # Usage:
@@ -103,7 +103,7 @@ do_install() {
   # writable and is its own main module.
   cp -r "$dir" "$build/src"
   chmod -R u+w "$build/src"
-  log "building weed (about 10 minutes the first time; log in $build/build.log)"
+  log "building weed (10 to 30 minutes the first time; log in $build/build.log)"
   (cd "$build/src" && GOFLAGS=-buildvcs=false go build -o "$build/weed" ./weed) \
     >"$build/build.log" 2>&1 || { tail -n 40 "$build/build.log" >&2; die "go build ./weed failed"; }
   weed_runs "$build/weed" || die "the built weed does not run"
