@@ -1,5 +1,5 @@
 import { AppError } from "../errors.js";
-import type { AuditEvent, AuditQuery } from "./model.js";
+import type { AuditEvent } from "./model.js";
 
 /** Position of a record in the newest-first order: (createdAt desc, carveId asc). */
 export interface Cursor {

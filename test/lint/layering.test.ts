@@ -83,26 +83,26 @@ describe("layering rules (npm run lint)", () => {
 
   it("fail on each inward rule broken, naming the rule and the import", async () => {
     const dir = await copyWith({
-      "src/http/responder/carves.ts": "../../storage/filesystem/filesystem-carve-store.js",
-      "src/http/responder/audit.ts": "../../storage/carve-store.js",
+      "src/http/responder/carves.ts": "../../storage/filesystem/filesystem-blobs.js",
+      "src/http/responder/audit.ts": "../../storage/listing.js",
       "src/http/app.ts": "../jobs/retention.js",
       "src/services/audit-events.ts": "../http/json-error.js",
-      "src/services/legacy-store-adapter.ts": "../storage/gridfs/gridfs-carve-store.js",
+      "src/services/custody.ts": "../storage/gridfs/gridfs-blobs.js",
       "src/storage/listing.ts": "../services/types.js",
-      "src/cli/cleanup.ts": "../storage/filesystem/filesystem-carve-store.js",
+      "src/cli/cleanup.ts": "../storage/sqlite/sqlite-catalog.js",
     });
     const result = await depcruise(dir);
     expect(result.code, result.output).not.toBe(0);
     const expected: Violation[] = [
-      { rule: "http-only-inward", from: "src/http/responder/carves.ts", to: "src/storage/filesystem/filesystem-carve-store.ts" },
-      { rule: "implementations-only-via-factory", from: "src/http/responder/carves.ts", to: "src/storage/filesystem/filesystem-carve-store.ts" },
-      { rule: "http-only-inward", from: "src/http/responder/audit.ts", to: "src/storage/carve-store.ts" },
+      { rule: "http-only-inward", from: "src/http/responder/carves.ts", to: "src/storage/filesystem/filesystem-blobs.ts" },
+      { rule: "implementations-only-via-factory", from: "src/http/responder/carves.ts", to: "src/storage/filesystem/filesystem-blobs.ts" },
+      { rule: "http-only-inward", from: "src/http/responder/audit.ts", to: "src/storage/listing.ts" },
       { rule: "http-no-outer-layers", from: "src/http/app.ts", to: "src/jobs/retention.ts" },
       { rule: "services-not-http", from: "src/services/audit-events.ts", to: "src/http/json-error.ts" },
-      { rule: "services-not-implementations", from: "src/services/legacy-store-adapter.ts", to: "src/storage/gridfs/gridfs-carve-store.ts" },
-      { rule: "implementations-only-via-factory", from: "src/services/legacy-store-adapter.ts", to: "src/storage/gridfs/gridfs-carve-store.ts" },
+      { rule: "services-not-implementations", from: "src/services/custody.ts", to: "src/storage/gridfs/gridfs-blobs.ts" },
+      { rule: "implementations-only-via-factory", from: "src/services/custody.ts", to: "src/storage/gridfs/gridfs-blobs.ts" },
       { rule: "storage-not-outer-layers", from: "src/storage/listing.ts", to: "src/services/types.ts" },
-      { rule: "implementations-only-via-factory", from: "src/cli/cleanup.ts", to: "src/storage/filesystem/filesystem-carve-store.ts" },
+      { rule: "implementations-only-via-factory", from: "src/cli/cleanup.ts", to: "src/storage/sqlite/sqlite-catalog.ts" },
     ];
     for (const v of expected) expect(result.violations, result.output).toContainEqual(v);
     // Nothing else breaks a dependency rule: the factory's own imports of the backends are allowed.

@@ -1,5 +1,6 @@
 /**
- * The CarveStore conformance suite. Every backend runs all of it: a case that does not hold for one backend
+ * The whole-deployment suite: every rule that spans catalog, blob store and audit log, through the services
+ * (test/services/services-as-store.ts). Every deployment runs all of it: a case that does not hold for one
  * is a bug in that backend, never a reason to skip (see docs/house-style.md).
  */
 import { randomBytes, randomUUID } from "node:crypto";
@@ -43,7 +44,7 @@ async function archiveBytes(store: CarveStore, carveId: string): Promise<Buffer>
 }
 
 export function carveStoreConformance(name: string, makeHarness: () => Promise<StoreHarness>): void {
-  describe(`CarveStore conformance: ${name}`, () => {
+  describe(`deployment conformance: ${name}`, () => {
     let harness: StoreHarness;
     let store: CarveStore;
 

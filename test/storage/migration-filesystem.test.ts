@@ -323,23 +323,32 @@ describe("upgrade of a filesystem data directory (meta files) to the SQLite cata
     expect(first.audit).toHaveLength(7);
   });
 
-  it("skips a torn audit line and keeps a meta file it cannot read, with its index link", async () => {
+  it("skips a torn audit line, and keeps a meta file it cannot read (with its index link) or whose ids are taken", async () => {
     const dir = copyFixture();
     appendFileSync(path.join(dir, "audit", "2026-11-03.jsonl"), '{"id":"torn","at":"2026-11-03T09:');
     writeFileSync(path.join(dir, "meta", `${id(9).slice(0, -1)}a.json`), '{"version":1,"carveId":');
     symlinkSync(`${id(9).slice(0, -1)}a`, path.join(dir, "index", "5e55000000000000000000000000a00a"));
+    // A record claiming carve 1's session id (no release wrote one: two index links cannot share a name).
+    const twin = JSON.parse(readFileSync(path.join(dir, "meta", `${id(1)}.json`), "utf8")) as Record<string, unknown>;
+    writeFileSync(path.join(dir, "meta", `${id(9).slice(0, -1)}b.json`), JSON.stringify({ ...twin, carveId: `${id(9).slice(0, -1)}b` }));
     const report = await upgradeFilesystemDataDir({ dataDir: dir, logger });
     expect(report).toEqual({
       carves: 9,
       auditEvents: 7,
-      kept: [{ file: `meta/${id(9).slice(0, -1)}a.json`, reason: "not JSON" }],
+      kept: [
+        { file: `meta/${id(9).slice(0, -1)}a.json`, reason: "not JSON" },
+        { file: `meta/${id(9).slice(0, -1)}b.json`, reason: "its carve id or session id belongs to another entry" },
+      ],
       skippedAuditLines: 1,
     });
-    expect(readdirSync(path.join(dir, "meta"))).toEqual([`${id(9).slice(0, -1)}a.json`]);
+    expect(readdirSync(path.join(dir, "meta"))).toEqual([`${id(9).slice(0, -1)}a.json`, `${id(9).slice(0, -1)}b.json`]);
     expect(readdirSync(path.join(dir, "index"))).toEqual(["5e55000000000000000000000000a00a"]);
     expect(existsSync(path.join(dir, "audit"))).toBe(false);
+    const catalog = await SqliteCatalog.open({ dataDir: dir });
+    expect(await catalog.getBySession(`5e55000000000000000000000000a001`)).toEqual(EXPECTED[0]);
+    await catalog.close();
     const again = await upgradeFilesystemDataDir({ dataDir: dir, logger });
-    expect(again.kept).toHaveLength(1);
+    expect(again.kept).toHaveLength(2);
     expect(again.carves).toBe(0);
   });
 

@@ -74,6 +74,12 @@ const CATALOG_ONLY = [
   "verifications",
 ] as const;
 
+/**
+ * Indexes the previous release kept on `<bucket>.sessions` for listing and retention, which the catalog does now:
+ * left in place, every block would still update status_updatedAt.
+ */
+const OLD_SESSIONS_INDEXES = ["status_updatedAt", "createdAt_desc"];
+
 export interface MigrationReport {
   /** Catalog entries written by this run. */
   entries: number;
@@ -186,6 +192,7 @@ export async function migrateGridfsV1(options: { db: Db; bucket: string; logger:
       }
     }
     await dropSuperseded(db, `${bucket}.audit`, SUPERSEDED_AUDIT_INDEXES);
+    await dropSuperseded(db, `${bucket}.sessions`, OLD_SESSIONS_INDEXES);
   } catch (err) {
     throw storageError(err, `upgrade ${bucket}.sessions`);
   }
@@ -203,5 +210,14 @@ async function dropSuperseded(db: Db, collection: string, names: readonly string
     if ((err as { code?: unknown }).code === 26) return; // NamespaceNotFound: no audit trail yet
     throw err;
   }
-  for (const name of names) if (present.includes(name)) await db.collection(collection).dropIndex(name);
+  for (const name of names) {
+    if (!present.includes(name)) continue;
+    await db
+      .collection(collection)
+      .dropIndex(name)
+      .catch((err: unknown) => {
+        // IndexNotFound: another process starting at the same time dropped it first.
+        if ((err as { code?: unknown }).code !== 27) throw err;
+      });
+  }
 }

@@ -39,11 +39,6 @@ export interface MongoCatalogOptions {
 
 const NODE_PREFIX = /^[0-9a-f]{0,64}$/;
 
-/** The list cursor of src/storage/listing.ts, which reads only the creation time and the carve id. */
-function cursorAfter(entry: CatalogEntry): string {
-  return encodeCursor(entry as unknown as Parameters<typeof encodeCursor>[0]);
-}
-
 export class MongoCarveCatalog implements CarveCatalog {
   readonly kind = "mongodb";
   private readonly carves: Collection<CarveDoc>;
@@ -142,7 +137,7 @@ export class MongoCarveCatalog implements CarveCatalog {
     const docs = await this.run("list entries", () => this.find(shape, query.limit + 1).toArray());
     const entries = docs.slice(0, query.limit).map(entryOf);
     const last = entries[entries.length - 1];
-    return { entries, nextCursor: docs.length > query.limit && last ? cursorAfter(last) : null };
+    return { entries, nextCursor: docs.length > query.limit && last ? encodeCursor(last) : null };
   }
 
   async update(carveId: string, condition: EntryCondition, patch: EntryPatch): Promise<CatalogEntry | null> {

@@ -247,6 +247,8 @@ export async function upgradeFilesystemDataDir(options: { dataDir: string; logge
     const legacyDirs = ["meta", "index", "audit"].filter((name) => existsSync(dir(name)));
     if (legacyDirs.length + staged.length === 0) return Promise.resolve(report);
 
+    // About 1 ms per record: say so before a large directory keeps the service from listening for a while.
+    options.logger.info({ dataDir: root, records: metaFiles.length, auditFiles: auditFiles.length }, "upgrading a data directory of the previous release");
     const db = openCatalogDatabase(root);
     const migrated: string[] = [];
     try {

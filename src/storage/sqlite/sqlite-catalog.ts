@@ -9,7 +9,7 @@ import type {
   EntryState,
   ExpirySweep,
 } from "../contracts.js";
-import { decodeCursor } from "../listing.js";
+import { decodeCursor, encodeCursor } from "../listing.js";
 import {
   MAX_VERIFICATIONS_KEPT,
   type AgentInfo,
@@ -149,11 +149,6 @@ export function entryOf(r: CarveRow): CatalogEntry {
     imported: r.imported ? (JSON.parse(r.imported) as ImportSource) : null,
     verifications: (JSON.parse(r.verifications) as StoredVerification[]).map((v) => ({ ...v, at: new Date(v.at) })),
   };
-}
-
-/** Position in the newest-first order, in the format of src/storage/listing.ts (decodeCursor reads it). */
-function encodeCursor(e: CatalogEntry): string {
-  return Buffer.from(JSON.stringify({ t: e.createdAt.getTime(), id: e.carveId })).toString("base64url");
 }
 
 type Params = Record<string, string | number | null>;

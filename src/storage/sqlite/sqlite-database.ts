@@ -86,8 +86,6 @@ const SCHEMA: readonly string[] = [
   CREATE INDEX audit_carve ON audit (carve_id, at DESC, id DESC);
   CREATE INDEX audit_action ON audit (action, at DESC, id DESC);
 
-  -- One-time work already done on this data directory (the upgrade from meta files).
-  CREATE TABLE upgrades (name TEXT PRIMARY KEY, done_at INTEGER NOT NULL) STRICT;
   `,
 ];
 

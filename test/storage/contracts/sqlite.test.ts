@@ -3,12 +3,14 @@
  * an index (EXPLAIN QUERY PLAN), and the database file is shared safely by several processes.
  */
 import { spawn, spawnSync } from "node:child_process";
+import { statSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AppError } from "../../../src/errors.js";
 import { SqliteAuditLog } from "../../../src/storage/sqlite/sqlite-audit-log.js";
 import { SqliteCatalog } from "../../../src/storage/sqlite/sqlite-catalog.js";
 import { CATALOG_FILE, openCatalogDatabase } from "../../../src/storage/sqlite/sqlite-database.js";
@@ -119,6 +121,30 @@ describe("SQLite catalog: query plans", () => {
     expect(db.pragma("synchronous", { simple: true })).toBe(2);
     expect(db.pragma("user_version", { simple: true })).toBe(1);
     expect(db.name).toBe(path.join(dataDir, CATALOG_FILE));
+  });
+});
+
+describe("SQLite catalog: the database file", () => {
+  it("is created readable by owner and group only, and refused when a newer release wrote it", async () => {
+    const dataDir = await tempDir();
+    try {
+      const catalog = await SqliteCatalog.open({ dataDir });
+      await catalog.close();
+      expect(statSync(path.join(dataDir, CATALOG_FILE)).mode & 0o777).toBe(0o640);
+      const db = new Database(path.join(dataDir, CATALOG_FILE));
+      db.pragma("user_version = 99");
+      db.close();
+      const err = await SqliteCatalog.open({ dataDir }).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(AppError);
+      expect((err as AppError).code).toBe("STORAGE_UNAVAILABLE");
+      const why = ((err as AppError).cause as Error | undefined)?.cause;
+      expect(String(why)).toMatch(/schema version 99, newer than this release.s 1/);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });
 
