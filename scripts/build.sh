@@ -27,6 +27,8 @@ fi
 mkdir -p dist
 started=$(mktemp dist/.build-started.XXXXXX)
 if node_modules/.bin/tsc -p tsconfig.build.json; then
+  # The package's commands (package.json "bin") run as programs: tsc keeps their #! line, not an execute bit.
+  chmod +x dist/src/cli/carvectl.js
   mv "$started" "$stamp"
 else
   rm -f "$started"
