@@ -122,7 +122,12 @@ function hasControlCharacter(text: string): boolean {
  * PUT /api/v1/carves/:carve_id/hold: `{"reason": "..."}` (an empty body reads as `{}`). Returns the reason,
  * trimmed. @throws AppError INVALID_QUERY
  */
-export function holdReasonOf(body: Buffer): string {
+/** A request body's bytes, as far as these parsers need them (no Node type: the browser client imports this module). */
+export interface BodyBytes {
+  toString(encoding: "utf8"): string;
+}
+
+export function holdReasonOf(body: BodyBytes): string {
   let reason: unknown;
   try {
     reason = (JSON.parse(body.toString("utf8") || "{}") as { reason?: unknown }).reason;
@@ -141,7 +146,7 @@ export function holdReasonOf(body: Buffer): string {
  * it in lower case. @throws AppError INVALID_JSON, INVALID_QUERY (another field), INVALID_SHA256,
  *   HOST_SHA256_UNAVAILABLE (the host recorded -1)
  */
-export function claimedSha256Of(body: Buffer): string {
+export function claimedSha256Of(body: BodyBytes): string {
   let json: unknown;
   try {
     json = JSON.parse(body.toString("utf8"));
