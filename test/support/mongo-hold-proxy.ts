@@ -66,7 +66,7 @@ export async function startMongoHoldProxy(upstreamUri: string): Promise<MongoHol
     client.on("error", drop).on("close", drop);
     up.on("error", drop).on("close", drop);
     up.pipe(client);
-    let pending = Buffer.alloc(0);
+    let pending: Buffer = Buffer.alloc(0);
     client.on("data", (chunk: Buffer) => {
       pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
       while (pending.length >= 4 && pending.length >= pending.readInt32LE(0)) {
