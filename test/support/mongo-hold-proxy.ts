@@ -20,6 +20,8 @@ export interface MongoHoldProxy {
    */
   holdAt(when: (c: SeenCommand) => boolean): Promise<SeenCommand>;
   release(): void;
+  /** At the first message matching `when`, drop every connection (that message is never forwarded) and refuse new ones. */
+  cutAt(when: (c: SeenCommand) => boolean): Promise<SeenCommand>;
   close(): Promise<void>;
 }
 
@@ -43,17 +45,23 @@ function commandOf(msg: Buffer): { name: string; collection: string | null } {
 
 /**
  * A TCP proxy in front of the MongoDB-wire server that reads the commands clients send and can stop forwarding
- * them at a chosen one: a storage that stalls exactly where a test wants it to, for as long as it wants.
+ * them at a chosen one: a storage that stalls exactly where a test wants it to, for as long as it wants, or
+ * that goes away there.
  */
 export async function startMongoHoldProxy(upstreamUri: string): Promise<MongoHoldProxy> {
   const upstream = new URL(upstreamUri);
   const commands: SeenCommand[] = [];
   const sockets = new Set<net.Socket>();
   let holding = false;
-  let trigger: { when: (c: SeenCommand) => boolean; resolve: (c: SeenCommand) => void } | null = null;
+  let trigger: { when: (c: SeenCommand) => boolean; resolve: (c: SeenCommand) => void; cut: boolean } | null = null;
+  let cut = false;
   const queued: Array<() => void> = [];
 
   const server = net.createServer((client) => {
+    if (cut) {
+      client.destroy();
+      return;
+    }
     const up = net.connect(Number(upstream.port), upstream.hostname);
     sockets.add(client);
     sockets.add(up);
@@ -76,10 +84,16 @@ export async function startMongoHoldProxy(upstreamUri: string): Promise<MongoHol
         const seen: SeenCommand = { ...commandOf(msg), at: Date.now(), held: holding };
         commands.push(seen);
         if (!holding && trigger?.when(seen)) {
+          const { resolve, cut: cutHere } = trigger;
+          trigger = null;
+          if (cutHere) {
+            cut = true;
+            for (const s of sockets) s.destroy();
+            resolve(seen);
+            return;
+          }
           holding = true;
           seen.held = true;
-          const { resolve } = trigger;
-          trigger = null;
           resolve(seen);
         }
         if (holding) queued.push(() => up.write(msg));
@@ -92,7 +106,8 @@ export async function startMongoHoldProxy(upstreamUri: string): Promise<MongoHol
   return {
     uri: `mongodb://127.0.0.1:${port}/${upstream.search}`,
     commands,
-    holdAt: (when) => new Promise((resolve) => (trigger = { when, resolve })),
+    holdAt: (when) => new Promise((resolve) => (trigger = { when, resolve, cut: false })),
+    cutAt: (when) => new Promise((resolve) => (trigger = { when, resolve, cut: true })),
     release: () => {
       holding = false;
       for (const send of queued.splice(0)) send();
