@@ -8,13 +8,13 @@
  *    its event (result error) also only in the log.
  * The service is the built one in a child process, so its stalls do not stall the test.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { spawnService, type ChildService } from "../support/service.js";
+import { holdWriteLock } from "../support/sqlite-lock.js";
 import { startVaultDouble, type VaultDouble } from "../support/vault-double.js";
 
 let work: string;
@@ -22,34 +22,6 @@ let vault: VaultDouble;
 let svc: ChildService;
 let carveId: string;
 const admin = `hvs.${randomBytes(12).toString("hex")}`;
-
-interface LockHolder {
-  proc: ChildProcess;
-  release(): Promise<void>;
-}
-
-/** `sqlite3 catalog.sqlite` with BEGIN IMMEDIATE: the database's write lock, held until release(). */
-async function holdWriteLock(file: string): Promise<LockHolder> {
-  const proc = spawn("sqlite3", [file], { stdio: ["pipe", "pipe", "pipe"] });
-  let out = "";
-  proc.stdout.on("data", (c: Buffer) => (out += c.toString()));
-  proc.stderr.on("data", (c: Buffer) => (out += c.toString()));
-  const exited = new Promise<number | null>((resolve) => proc.once("exit", resolve));
-  // .bail: if BEGIN fails, sqlite3 exits instead of printing the marker
-  proc.stdin.write(".bail on\n.timeout 10000\nBEGIN IMMEDIATE;\nSELECT 'write-' || 'lock-held';\n");
-  const deadline = Date.now() + 30_000;
-  while (!out.includes("write-lock-held")) {
-    if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`sqlite3 did not take the lock: ${out}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return {
-    proc,
-    release: async () => {
-      proc.stdin.end("ROLLBACK;\n.quit\n");
-      expect(await exited).toBe(0);
-    },
-  };
-}
 
 const logEntries = (): Array<Record<string, unknown>> =>
   svc.output
