@@ -62,6 +62,8 @@ export const ERROR_CODES = {
   // responder API: archives
   RANGE_NOT_SATISFIABLE: { status: 416, message: "requested byte range lies outside the archive" },
   ARCHIVE_NOT_TAR: { status: 422, message: "the carve's archive is not a readable tar" },
+  MEMBER_NOT_FOUND: { status: 404, message: "no member with this index in the carve's file listing" },
+  MEMBER_NOT_A_FILE: { status: 422, message: "only regular files have content to download" },
   // server side
   STORAGE_UNAVAILABLE: { status: 503, message: "storage temporarily unavailable" },
   SHUTTING_DOWN: { status: 503, message: "service is shutting down" },
@@ -127,4 +129,13 @@ export function describeError(err: unknown): string {
   const parts: string[] = [];
   for (let f: SafeErrorFields | undefined = safeErrorFields(err); f; f = f.cause) if (f.message) parts.push(f.message);
   return parts.join(": ") || "unknown error";
+}
+
+/** Whether an error (or one of its causes) is storage that ran out of space: ENOSPC from the kernel, SQLITE_FULL. */
+export function isStorageFull(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (code === "ENOSPC" || code === "SQLITE_FULL" || code === "EDQUOT") return true;
+  }
+  return false;
 }

@@ -65,6 +65,36 @@ export interface TarListing {
   endMarker: boolean;
 }
 
+/** Receives a member's content chunk by chunk; a returned promise is awaited before the next chunk. */
+export type ContentSink = (chunk: Buffer) => void | Promise<void>;
+
+/** A member as its headers describe it, before its content is read. */
+export interface TarEntry extends Omit<TarMember, "sha256"> {
+  /** Position among the members (extended headers not counted): the index in the files listing. */
+  index: number;
+  /** Bytes of content that follow the header (0 for directories). */
+  dataSize: number;
+}
+
+/**
+ * Called for each member in archive order. `readContent` passes its content to a sink (once at most);
+ * content not read is skipped. Returning "stop" ends the walk after this member.
+ */
+export type TarVisitor = (entry: TarEntry, readContent: (sink: ContentSink) => Promise<void>) => Promise<"stop" | void>;
+
+/** How a walk ended. */
+export interface TarWalk {
+  /** Members visited. */
+  count: number;
+  /** The walk stopped before the archive's end at a bound (`truncatedReason` says which). */
+  truncated: boolean;
+  truncatedReason: TruncatedReason | null;
+  /** The archive ended with its end-of-archive zero block. */
+  endMarker: boolean;
+  /** The visitor asked to stop. */
+  stopped: boolean;
+}
+
 export class TarFormatError extends Error {
   constructor(
     message: string,
@@ -127,18 +157,23 @@ class ByteReader {
     return out;
   }
 
-  /** Passes the next n bytes to `sink` chunk by chunk. @throws TarFormatError when the stream ends first. */
-  async consume(n: number, sink?: (chunk: Buffer) => void): Promise<void> {
+  /**
+   * Passes the next n bytes to `sink` chunk by chunk, waiting for it when it returns a promise (a response
+   * or a file being written: backpressure). @throws TarFormatError when the stream ends first.
+   */
+  async consume(n: number, sink?: ContentSink): Promise<void> {
     let left = n;
     while (left > 0) {
       if (this.pending.length === 0 && !(await this.more())) {
         throw new TarFormatError("archive ends in the middle of a member's content", this.offset);
       }
       const take = Math.min(left, this.pending.length);
-      sink?.(this.pending.subarray(0, take));
+      const chunk = this.pending.subarray(0, take);
       this.pending = this.pending.subarray(take);
       this.offset += take;
       left -= take;
+      const wait = sink?.(chunk);
+      if (wait) await wait;
     }
   }
 }
@@ -264,12 +299,13 @@ function memberType(typeflag: string, name: string): TarMemberType {
 }
 
 /**
- * Reads a tar stream to its end-of-archive block (or its end) and lists its members, within `limits`: at a
- * bound the listing stops and says why (truncated + truncatedReason). Linear in the bytes read, and it yields
- * the event loop every few milliseconds.
- * @throws TarFormatError when the data is not a tar, or is damaged or truncated.
+ * Reads a tar stream member by member to its end-of-archive block (or its end), within `limits`: at a bound
+ * the walk stops and says why (truncated + truncatedReason). Every reader of archives goes through here (the
+ * files listing, single-file downloads, carvectl's extraction), so a member's index and name mean the same
+ * thing to all of them. Linear in the bytes read; yields the event loop every few milliseconds.
+ * @throws TarFormatError when the data is not a tar, or is damaged or truncated; whatever the visitor throws.
  */
-export async function listTar(source: AsyncIterable<Buffer | Uint8Array>, options: ListingLimits): Promise<TarListing> {
+export async function walkTar(source: AsyncIterable<Buffer | Uint8Array>, options: ListingLimits, visit: TarVisitor): Promise<TarWalk> {
   const limits = {
     maxMembers: options.maxMembers,
     maxBytesExamined: options.maxBytesExamined ?? DEFAULT_MAX_BYTES_EXAMINED,
@@ -278,14 +314,15 @@ export async function listTar(source: AsyncIterable<Buffer | Uint8Array>, option
   const it = source[Symbol.asyncIterator]();
   const slicer = new Slicer();
   const reader = new ByteReader(it, slicer);
-  const members: TarMember[] = [];
   const globalPax = new Map<string, string>();
   let localPax: Map<string, string> | null = null;
   let longName: string | null = null;
   let longLink: string | null = null;
   let headers = 0;
   let nameBytes = 0;
-  const stop = (reason: TruncatedReason): TarListing => ({ members, truncated: true, truncatedReason: reason, endMarker: false });
+  let count = 0;
+  const end = (endMarker: boolean): TarWalk => ({ count, truncated: false, truncatedReason: null, endMarker, stopped: false });
+  const stop = (reason: TruncatedReason): TarWalk => ({ count, truncated: true, truncatedReason: reason, endMarker: false, stopped: false });
   // Local pax records override global ones; looked up in both instead of merging a copy per member.
   const paxGet = (key: string): string | undefined => localPax?.get(key) ?? globalPax.get(key);
   try {
@@ -297,10 +334,10 @@ export async function listTar(source: AsyncIterable<Buffer | Uint8Array>, option
       if (header === null) {
         if (headers === 0) throw new TarFormatError("empty file: not a tar archive", 0);
         if (localPax || longName !== null || longLink !== null) throw new TarFormatError("archive ends after an extended header", at);
-        return { members, truncated: false, truncatedReason: null, endMarker: false };
+        return end(false);
       }
       // End of archive. (osquery's carve of nothing is just two zero blocks: a valid, empty archive.)
-      if (header.every((b) => b === 0)) return { members, truncated: false, truncatedReason: null, endMarker: true };
+      if (header.every((b) => b === 0)) return end(true);
       if (!checksumMatches(header, at)) {
         throw new TarFormatError(headers === 0 ? "not a tar archive" : `damaged tar header at byte ${at}`, at);
       }
@@ -346,23 +383,15 @@ export async function listTar(source: AsyncIterable<Buffer | Uint8Array>, option
       // As GNU tar does: content follows for every type but directories (links and devices have size 0).
       const dataSize = typeflag === "5" ? 0 : size;
       if (reader.offset + dataSize > limits.maxBytesExamined) return stop("max-bytes-examined");
-      let sha256: string | null = null;
-      if (type === "file") {
-        const hash = createHash("sha256");
-        await reader.consume(dataSize, (chunk) => hash.update(chunk));
-        sha256 = hash.digest("hex");
-      } else {
-        await reader.consume(dataSize);
-      }
-      await reader.consume((BLOCK - (dataSize % BLOCK)) % BLOCK);
-
       const mtime = new Date(mtimeMs);
-      members.push({
+      const entry: TarEntry = {
+        index: count,
         name,
         path: originalPathOf(name),
         type,
         typeflag: typeflag === "\0" ? "0" : typeflag,
         size: type === "file" || type === "other" ? size : 0,
+        dataSize,
         mode: (mode & 0o7777).toString(8).padStart(4, "0"),
         uid,
         gid,
@@ -370,17 +399,47 @@ export async function listTar(source: AsyncIterable<Buffer | Uint8Array>, option
         gname: gname === "" ? null : gname,
         mtime: Number.isNaN(mtime.getTime()) ? new Date(0).toISOString() : mtime.toISOString(),
         linkTarget: type === "symlink" || type === "hardlink" ? linkTarget : null,
-        sha256,
+      };
+      let read = false;
+      const decision = await visit(entry, async (sink) => {
+        if (read) throw new Error("a member's content can be read once");
+        read = true;
+        await reader.consume(dataSize, sink);
       });
-      if (members.length >= limits.maxMembers) {
+      if (!read) await reader.consume(dataSize);
+      await reader.consume((BLOCK - (dataSize % BLOCK)) % BLOCK);
+      count++;
+      if (decision === "stop") return { ...end(false), stopped: true };
+      if (count >= limits.maxMembers) {
         // Is there anything after this member? Peek at one header block.
         const next = await reader.read(BLOCK);
         const more = next !== null && !next.every((b) => b === 0);
-        return { members, truncated: more, truncatedReason: more ? "max-members" : null, endMarker: !more && next !== null };
+        return { count, truncated: more, truncatedReason: more ? "max-members" : null, endMarker: !more && next !== null, stopped: false };
       }
     }
   } finally {
     // Stop the source (closes the archive's file or download stream) whether we finished early or failed.
     await it.return?.();
   }
+}
+
+/**
+ * Lists a tar stream's members without extracting or buffering it, each regular file with the SHA-256 of its
+ * content, within `limits` (see walkTar).
+ * @throws TarFormatError when the data is not a tar, or is damaged or truncated.
+ */
+export async function listTar(source: AsyncIterable<Buffer | Uint8Array>, options: ListingLimits): Promise<TarListing> {
+  const members: TarMember[] = [];
+  const walk = await walkTar(source, options, async ({ index: _index, dataSize: _dataSize, ...member }, readContent) => {
+    let sha256: string | null = null;
+    if (member.type === "file") {
+      const hash = createHash("sha256");
+      await readContent((chunk) => {
+        hash.update(chunk);
+      });
+      sha256 = hash.digest("hex");
+    }
+    members.push({ ...member, sha256 });
+  });
+  return { members, truncated: walk.truncated, truncatedReason: walk.truncatedReason, endMarker: walk.endMarker };
 }

@@ -21,6 +21,7 @@ import { responderRouter, type ResponderServices } from "./responder/index.js";
 export interface AppServices extends ResponderServices {
   status: StorageStatus;
 }
+import { openApiRouter } from "./openapi-routes.js";
 
 export interface AppDeps {
   config: Config;
@@ -119,6 +120,7 @@ function buildApp(deps: AppDeps): { app: Express; fastBlocks: AgentEndpoints["fa
   app.use(healthRouter({ storage: deps.services.status, isShuttingDown, metrics: deps.metrics }));
   if (agent) app.use(agent.router);
 
+  if (surfaces.responder) app.use(openApiRouter());
   if (surfaces.responder) app.use(
     responderRouter({
       services: deps.services,

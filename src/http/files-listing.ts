@@ -27,7 +27,7 @@ export class FilesLister {
 
   constructor(
     private readonly reads: CarveReads,
-    private readonly limits: ListingLimits,
+    readonly limits: ListingLimits,
   ) {}
 
   /** @throws AppError ARCHIVE_NOT_TAR, CARVE_NOT_FOUND, CARVE_NOT_COMPLETE, STORAGE_UNAVAILABLE */

@@ -2,16 +2,10 @@ import type { IncomingMessage } from "node:http";
 import type { Readable } from "node:stream";
 import busboy from "busboy";
 import { AppError } from "../errors.js";
-import { HOST_NOT_HASHED, SHA256_HEX, shown } from "./responder-schemas.js";
+import { HOST_NOT_HASHED, IMPORT_FIELDS, IMPORT_FILE_FIELD, SHA256_HEX, shown } from "./responder-schemas.js";
 
-/**
- * The form fields an import accepts besides the file part, with the longest value allowed (characters).
- * Everything else is refused: a typo (`source-host`) must not silently lose the chain-of-custody note.
- */
-export const IMPORT_FIELDS = { source_host: 255, original_path: 4096, description: 4000, sha256: 64 } as const;
+export { IMPORT_FIELDS, IMPORT_FILE_FIELD };
 export type ImportField = keyof typeof IMPORT_FIELDS;
-/** The one file part's field name: `curl -F file=@evidence.tar`. */
-export const IMPORT_FILE_FIELD = "file";
 
 /** Bytes of one field value busboy keeps (UTF-8: up to 4 bytes a character of the longest field). */
 const FIELD_BYTES = 4 * 4096;

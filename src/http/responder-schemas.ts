@@ -77,6 +77,14 @@ export const fileRequestBody = z.object({
 });
 
 /**
+ * The form fields an import accepts besides the file part, with the longest value allowed (characters).
+ * Everything else is refused: a typo (`source-host`) must not silently lose the chain-of-custody note.
+ */
+export const IMPORT_FIELDS = { source_host: 255, original_path: 4096, description: 4000, sha256: 64 } as const;
+/** The one file part's field name: `curl -F file=@evidence.tar`. */
+export const IMPORT_FILE_FIELD = "file";
+
+/**
  * Validates a query (or body) object.
  * @throws AppError INVALID_QUERY naming every bad parameter (never echoing its value).
  */

@@ -287,6 +287,11 @@ export interface Storage {
   audit: AuditLog;
   /** This process alone uses the storage (the filesystem data directory's lock): any claim left is a dead one's. */
   exclusive: boolean;
+  /**
+   * Frees disk kept back for custody, when a custody write (hold, verification, audit event) found the storage
+   * full; false when there is none (or the backend manages its own space). Block writes pause meanwhile.
+   */
+  releaseReserve?: () => boolean;
   /** Closes all three and what they share (a database connection, the directory lock). */
   close(): Promise<void>;
 }

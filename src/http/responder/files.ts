@@ -1,10 +1,8 @@
-import { FilesLister } from "../files-listing.js";
 import { noQuery, parseWith } from "../responder-schemas.js";
 import { carveTarget, notComplete, type RegisterRoutes } from "./frame.js";
 
 /** GET /api/v1/carves/:carve_id/files (read right): the members of a complete carve's tar, within bounds. */
-export const registerFilesRoutes: RegisterRoutes = (router, { services, endpoint, now, listing }) => {
-  const files = new FilesLister(services.reads, listing);
+export const registerFilesRoutes: RegisterRoutes = (router, { services, endpoint, now, files }) => {
   router.get(
     "/api/v1/carves/:carve_id/files",
     endpoint("carve.files", carveTarget("read"), async (ctx) => {

@@ -251,6 +251,15 @@ export class SqliteCatalog implements CarveCatalog {
       if (this.closed) throw new AppError("STORAGE_UNAVAILABLE", "catalog is closed");
       return Promise.resolve(step());
     } catch (err) {
+      // A write that failed for lack of space can leave SQLite's implicit transaction open; whatever ran next on this
+      // connection would then never be committed. End it, so the caller's retry (or the next request) starts clean.
+      if (this.db.inTransaction) {
+        try {
+          this.db.exec("ROLLBACK");
+        } catch {
+          // already rolled back by SQLite itself
+        }
+      }
       return Promise.reject(storageFailure(err, what));
     }
   }
@@ -343,7 +352,9 @@ export class SqliteCatalog implements CarveCatalog {
     return this.run(`update ${carveId}`, () => {
       const params: Params = { carveId };
       const sql = `UPDATE carves SET ${patchSql(patch, params)} WHERE ${conditionSql(condition, params)} RETURNING *`;
-      const row = this.stmt(sql).get(params) as CarveRow | undefined;
+      // all(), not get(): get() resets the statement after its first row, and an autocommit statement commits at
+      // that reset, where a failed commit (a full disk) goes unreported; all() steps to the end and throws it.
+      const [row] = this.stmt(sql).all(params) as CarveRow[];
       return row ? entryOf(row) : null;
     });
   }
