@@ -240,7 +240,7 @@ export class IngestService {
    * (a retried start). Carves idle past `activeWithinMs` are abandoned and reserve nothing.
    */
   private async reservedBytes(carveId: string): Promise<number> {
-    const since = Date.now() - (this.deps.limits.activeWithinMs ?? Number.POSITIVE_INFINITY);
+    const since = this.deps.now().getTime() - (this.deps.limits.activeWithinMs ?? Number.POSITIVE_INFINITY);
     let reserved = 0;
     let cursor: string | undefined;
     for (let pages = 0; pages < 20; pages++) {
@@ -265,7 +265,8 @@ export class IngestService {
     if (!maxReceiving && !maxReceivingPerAgent) return;
     const cap = Math.max(maxReceiving ?? 0, maxReceivingPerAgent ?? 0);
     const page = await this.deps.reads.list({ status: "receiving", limit: Math.max(cap, 1) * 4 + 1 });
-    const now = Date.now();
+    // The service's clock, as for the times it compares against (starts, last blocks), not the wall clock.
+    const now = this.deps.now().getTime();
     const since = now - (activeWithinMs ?? Number.POSITIVE_INFINITY);
     const unstartedBefore = now - (this.deps.limits.firstBlockWithinMs ?? Number.POSITIVE_INFINITY);
     if (page.carves.some((c) => c.carveId === cmd.carveId)) return; // a retried start: let the store answer it
