@@ -13,7 +13,7 @@ import http from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import type { NodeProbe } from "./catalog-fill.js";
-import { freePort, readMemory } from "./proc.js";
+import { freePort, readCpuSeconds, readMemory } from "./proc.js";
 import type { VaultStub } from "./vault-stub.js";
 
 export const DOWNLOAD_POLICY = "osquery-carve-download";
@@ -57,14 +57,18 @@ export interface RequestFigures {
   /** Items in the last reply (carves or events), and HTTP statuses other than 200 seen. */
   items: number;
   failures: number;
+  /** The service's CPU time (all threads) over the batch / requests: what a request costs, whatever the load. */
+  cpuMs: number;
 }
 
 export interface StoreFigures {
   startupMs: number[];
   rssAfterListsMB: number;
+  /** V8 heap used / total and external memory at that moment (the service's /metrics), MB. */
+  heapAfterLists: { usedMB: number; totalMB: number; externalMB: number } | null;
   rssEndMB: number;
   hwmMB: number;
-  starts: Timings & { refused: number; refusals: string[] };
+  starts: Timings & { refused: number; refusals: string[]; cpuMs: number };
   requests: Record<string, RequestFigures>;
 }
 
@@ -150,10 +154,25 @@ async function spawnTimed(o: MeasureOptions): Promise<Running> {
   };
 }
 
+async function cpuPerRequest(pid: number, before: number | null, n: number): Promise<number> {
+  const after = await readCpuSeconds(pid);
+  return before === null || after === null ? Number.NaN : Math.round(((after - before) * 1000 * 100) / n) / 100;
+}
+
 const mb = (bytes: number): number => Math.round(bytes / 100_000) / 10;
 
+/** Heap figures of prom-client's default metrics, to tell JavaScript memory from the rest of the RSS. */
+async function heapOf(url: string): Promise<StoreFigures["heapAfterLists"]> {
+  const r = await request(`${url}/metrics`, "GET", {});
+  if (r.status !== 200) return null;
+  const text = r.body.toString("utf8");
+  const value = (name: string): number => Number(new RegExp(`^${name} (\\S+)`, "m").exec(text)?.[1] ?? Number.NaN);
+  return { usedMB: mb(value("nodejs_heap_size_used_bytes")), totalMB: mb(value("nodejs_heap_size_total_bytes")), externalMB: mb(value("nodejs_external_memory_bytes")) };
+}
+
 /** One responder query `runs` times; `follow` pages on through nextCursor instead of repeating page one. */
-async function responder(url: string, path: string, o: MeasureOptions, follow = false): Promise<RequestFigures> {
+async function responder(url: string, pid: number, path: string, o: MeasureOptions, follow = false): Promise<RequestFigures> {
+  const cpu0 = await readCpuSeconds(pid);
   const headers = { "X-Vault-Token": o.vault.token };
   const ms: number[] = [];
   let items = 0;
@@ -171,7 +190,7 @@ async function responder(url: string, path: string, o: MeasureOptions, follow = 
     items = (page.carves ?? page.events ?? []).length;
     next = page.nextCursor;
   }
-  return { timings: timings(ms), items, failures };
+  return { timings: timings(ms), items, failures, cpuMs: await cpuPerRequest(pid, cpu0, o.runs) };
 }
 
 /** Spawns the service `startups` times on the store, then measures requests on the last one. */
@@ -192,13 +211,17 @@ export async function measureStore(o: MeasureOptions): Promise<StoreFigures> {
     for (let i = 0; i < 2; i++) await request(`${url}/api/v1/audit?limit=100`, "GET", headers);
     await sleep(1000);
     const rssAfterLists = (await readMemory(running.pid))?.rss ?? 0;
-    o.log(`  started in ${startupMs.join(", ")} ms; RSS after 5 list + 2 audit calls ${mb(rssAfterLists)} MB`);
+    const heapAfterLists = await heapOf(url);
+    o.log(
+      `  started in ${startupMs.join(", ")} ms; RSS after 5 list + 2 audit calls ${mb(rssAfterLists)} MB` +
+        (heapAfterLists ? ` (V8 heap ${heapAfterLists.usedMB} of ${heapAfterLists.totalMB} MB, external ${heapAfterLists.externalMB} MB)` : ""),
+    );
 
     const requests: Record<string, RequestFigures> = {};
     const run = async (name: string, path: string, follow = false): Promise<void> => {
-      requests[name] = await responder(url, path, o, follow);
+      requests[name] = await responder(url, running.pid, path, o, follow);
       const t = requests[name].timings;
-      o.log(`  ${name.padEnd(22)} p50 ${t.p50} ms p99 ${t.p99} ms (${requests[name].items} items${requests[name].failures ? `, ${requests[name].failures} FAILED` : ""})`);
+      o.log(`  ${name.padEnd(22)} p50 ${t.p50} ms p99 ${t.p99} ms cpu ${requests[name].cpuMs} ms/request (${requests[name].items} items${requests[name].failures ? `, ${requests[name].failures} FAILED` : ""})`);
     };
     await run("list", "/api/v1/carves?limit=100");
     await run("list next pages", "/api/v1/carves?limit=100", true);
@@ -216,7 +239,9 @@ export async function measureStore(o: MeasureOptions): Promise<StoreFigures> {
 
     const startMs: number[] = [];
     const refusals: string[] = [];
+    let cpu0: number | null = null;
     for (let i = 0; i < o.warmupStarts + o.starts; i++) {
+      if (i === o.warmupStarts) cpu0 = await readCpuSeconds(running.pid);
       const node = o.fleet[Math.floor(Math.random() * o.fleet.length)] ?? { nodeKey: "", address: "10.255.255.254" };
       const body = JSON.stringify({
         block_count: 1,
@@ -230,10 +255,10 @@ export async function measureStore(o: MeasureOptions): Promise<StoreFigures> {
       if (i >= o.warmupStarts) startMs.push(r.ms);
       if (r.status !== 200 || !r.body.toString("utf8").includes("session_id")) refusals.push(`${r.status} ${r.body.toString("utf8").slice(0, 120)}`);
     }
-    const starts = { ...timings(startMs), refused: refusals.length, refusals: refusals.slice(0, 5) };
-    o.log(`  starts (${o.starts}, after ${o.warmupStarts} unmeasured) p50 ${starts.p50} ms p99 ${starts.p99} ms max ${starts.max} ms${starts.refused ? `, ${starts.refused} REFUSED: ${starts.refusals[0]}` : ""}`);
+    const starts = { ...timings(startMs), refused: refusals.length, refusals: refusals.slice(0, 5), cpuMs: await cpuPerRequest(running.pid, cpu0, o.starts) };
+    o.log(`  starts (${o.starts}, after ${o.warmupStarts} unmeasured) p50 ${starts.p50} ms p99 ${starts.p99} ms max ${starts.max} ms cpu ${starts.cpuMs} ms/start${starts.refused ? `, ${starts.refused} REFUSED: ${starts.refusals[0]}` : ""}`);
     const end = await readMemory(running.pid);
-    return { startupMs, rssAfterListsMB: mb(rssAfterLists), rssEndMB: mb(end?.rss ?? 0), hwmMB: mb(end?.hwm ?? 0), starts, requests };
+    return { startupMs, rssAfterListsMB: mb(rssAfterLists), heapAfterLists, rssEndMB: mb(end?.rss ?? 0), hwmMB: mb(end?.hwm ?? 0), starts, requests };
   } finally {
     await running.stop();
   }

@@ -187,6 +187,11 @@ const ROWS: Array<[string, string]> = [
   ["audit action", "audit ?action=carve.download"],
 ];
 
+function heapCell(s: StoreFigures): string {
+  const h = s.heapAfterLists;
+  return h ? `${h.usedMB} / ${h.totalMB}, ${h.externalMB}` : "-";
+}
+
 export function markdownOf(results: StorageResult[], meta: Record<string, string>): string {
   const lines: string[] = ["# Catalog at scale", "", ...Object.entries(meta).map(([k, v]) => `- ${k}: ${v}`), ""];
   for (const r of results) {
@@ -194,19 +199,20 @@ export function markdownOf(results: StorageResult[], meta: Record<string, string
     const t = (x: { p50: number; p99: number }): string => `${x.p50} / ${x.p99}`;
     const cell = (s: StoreFigures, name: string): string => {
       const q = s.requests[name];
-      return q ? `${t(q.timings)}${q.failures ? ` (${q.failures} failed)` : ""} [${q.items}]` : "-";
+      return q ? `${t(q.timings)} (cpu ${q.cpuMs})${q.failures ? ` (${q.failures} failed)` : ""} [${q.items}]` : "-";
     };
     lines.push(
       `## ${r.storage}: ${f.carves.toLocaleString("en-US")} carves`,
       "",
       `Filled through the services in ${f.seconds.toFixed(0)} s on ${r.fillLocation}${r.copySeconds !== null ? `, copied to disk in ${r.copySeconds.toFixed(0)} s` : ""}: ${f.counts.complete} complete (${f.imports} imported), ${f.counts.receiving} receiving, ${f.holds} holds placed (${f.holdsReleased} lifted), ${f.verifications} verifications, ${f.deleted} deleted, ${f.auditEvents} audit events, ${f.nodes} node keys (busiest ${f.busiestNode.carves} carves, median ${f.medianNode.carves}).`,
       "",
-      "| figure (ms, p50 / p99 [items in reply]) | empty store | filled store |",
+      "| figure (ms: p50 / p99 wall, (cpu: service CPU per request), [items in the reply]) | empty store | filled store |",
       "| --- | --- | --- |",
       `| service start-up, spawn to first /status 200 (each) | ${r.empty.startupMs.join(", ")} | ${r.full.startupMs.join(", ")} |`,
-      `| agent start, POST /start_uploads (${r.full.starts.n}) | ${t(r.empty.starts)} (max ${r.empty.starts.max}) | ${t(r.full.starts)} (max ${r.full.starts.max})${r.full.starts.refused ? `, ${r.full.starts.refused} refused` : ""} |`,
+      `| agent start, POST /start_uploads (${r.full.starts.n}) | ${t(r.empty.starts)} (cpu ${r.empty.starts.cpuMs}, max ${r.empty.starts.max}) | ${t(r.full.starts)} (cpu ${r.full.starts.cpuMs}, max ${r.full.starts.max})${r.full.starts.refused ? `, ${r.full.starts.refused} refused` : ""} |`,
       ...ROWS.map(([name, label]) => `| ${label} (${r.full.requests[name]?.timings.n ?? 0}) | ${cell(r.empty, name)} | ${cell(r.full, name)} |`),
       `| RSS after 5 list + 2 audit calls, MB | ${r.empty.rssAfterListsMB} | ${r.full.rssAfterListsMB} (+${(r.full.rssAfterListsMB - r.empty.rssAfterListsMB).toFixed(1)}) |`,
+      `| V8 heap used / total, external, at that moment, MB | ${heapCell(r.empty)} | ${heapCell(r.full)} |`,
       `| RSS at the end / peak (VmHWM), MB | ${r.empty.rssEndMB} / ${r.empty.hwmMB} | ${r.full.rssEndMB} / ${r.full.hwmMB} |`,
       "",
       "| goal | target | measured | met |",
