@@ -1,5 +1,6 @@
 import type { Readable } from "node:stream";
 import type {
+  AgentInfo,
   AuditEvent,
   AuditPage,
   AuditQuery,
@@ -86,6 +87,12 @@ export type EntryPatch = Partial<
   addVerification?: Verification;
 };
 
+export interface ReceivingLoad {
+  carves: number;
+  fromAgent: number;
+  declaredBytes: number;
+}
+
 export interface EntryPage {
   entries: CatalogEntry[];
   nextCursor: string | null;
@@ -143,6 +150,15 @@ export interface CarveCatalog {
 
   /** Visible entries by status, for capacity checks and metrics. */
   count(): Promise<{ receiving: number; complete: number }>;
+
+  /**
+   * Upper bounds for the limits a start is checked against, from the catalog alone (the blob store knows which
+   * of these are still active and how much they received): receiving entries (completing included), those
+   * from `agent`, and the sum of their declared carve sizes. An entry is from `agent` when it has the same
+   * certificate fingerprint, or, for an agent without a certificate, no certificate and the same address
+   * (agentKeyOf in src/services/ingest.ts). One read of the receiving entries' index, never of every carve.
+   */
+  receivingLoad(agent: AgentInfo): Promise<ReceivingLoad>;
 
   health(): Promise<StoreHealth>;
   close(): Promise<void>;

@@ -8,6 +8,7 @@ import type {
   EntryPatch,
   EntryState,
   ExpirySweep,
+  ReceivingLoad,
 } from "../contracts.js";
 import { decodeCursor, encodeCursor } from "../listing.js";
 import {
@@ -388,6 +389,20 @@ export class SqliteCatalog implements CarveCatalog {
 
   count(): Promise<{ receiving: number; complete: number }> {
     return this.run("count", () => this.counts());
+  }
+
+  /** Over the receiving entries' partial index: as many rows as carves are being received, not all carves. */
+  static readonly RECEIVING_LOAD_SQL =
+    "SELECT count(*) AS carves, coalesce(sum(carve_size), 0) AS declaredBytes, coalesce(sum(CASE WHEN @fingerprint IS NOT NULL " +
+    "THEN json_extract(agent, '$.certificate.fingerprintSha256') IS @fingerprint " +
+    "ELSE json_extract(agent, '$.certificate') IS NULL AND json_extract(agent, '$.address') IS @address END), 0) AS fromAgent " +
+    `FROM carves INDEXED BY carves_receiving WHERE ${LISTED_RECEIVING}`;
+
+  receivingLoad(agent: AgentInfo): Promise<ReceivingLoad> {
+    return this.run("receiving load", () => {
+      const params = { fingerprint: agent.certificate?.fingerprintSha256 ?? null, address: agent.address };
+      return this.stmt(SqliteCatalog.RECEIVING_LOAD_SQL).get(params) as ReceivingLoad;
+    });
   }
 
   private counts(): { receiving: number; complete: number } {
