@@ -28,7 +28,7 @@ mkdir -p dist
 started=$(mktemp dist/.build-started.XXXXXX)
 if node_modules/.bin/tsc -p tsconfig.build.json; then
   # The package's commands (package.json "bin") run as programs: tsc keeps their #! line, not an execute bit.
-  chmod +x dist/src/cli/carvectl.js
+  if [ -f dist/src/cli/carvectl.js ]; then chmod +x dist/src/cli/carvectl.js; fi
   mv "$started" "$stamp"
 else
   rm -f "$started"
