@@ -4,7 +4,8 @@ import type https from "node:https";
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import { unconfiguredAuthorizer, type Authorizer } from "./auth/authorizer.js";
-import { CarveService } from "./carves/carve-service.js";
+import { expiryPolicyOf } from "./carves/expiry.js";
+import { CarveServices } from "./services/deployment.js";
 import { RetentionJob } from "./jobs/retention.js";
 import { retentionOptionsOf } from "./jobs/retention-config.js";
 import type { Config } from "./config/schema.js";
@@ -15,8 +16,7 @@ import { proxyMatcher } from "./http/client-identity.js";
 import { ConnectionGuard } from "./http/connection-guard.js";
 import { createTlsServer, reloadTls, type TlsFiles } from "./http/tls.js";
 import type { Logger } from "./logger.js";
-import type { CarveStore } from "./storage/carve-store.js";
-import { openStore } from "./storage/factory.js";
+import { openStorage } from "./storage/factory.js";
 import { Metrics } from "./metrics.js";
 
 export interface RunningService {
@@ -25,7 +25,8 @@ export interface RunningService {
   port: number;
   /** The responder-only listener, when configured. */
   responderUrl: string | null;
-  store: CarveStore;
+  /** The services over the opened storage: what the routes, retention and tests call. */
+  services: CarveServices;
   server: http.Server | https.Server;
   /** Re-reads the TLS certificate, key and CA files for new handshakes; established connections go on. */
   reloadTls(): Promise<void>;
@@ -36,8 +37,6 @@ export interface RunningService {
 export interface StartOptions {
   config: Config;
   logger: Logger;
-  /** Use this store instead of opening the configured one (the caller then still gets it closed by stop). */
-  store?: CarveStore;
   /** Use this authorizer instead of the one built from `config.vault` (stop() still closes it). */
   authorizer?: Authorizer;
   now?: () => Date;
@@ -102,27 +101,35 @@ export async function startService(options: StartOptions): Promise<RunningServic
         await (await import("./auth/vault/vault-authorizer.js")).VaultAuthorizer.create(config.vault, logger)
       : unconfiguredAuthorizer());
   if (!config.vault.address && !options.authorizer) logger.warn("VAULT_ADDR not set: the responder API answers 503");
-  let store: CarveStore;
+  let services: CarveServices;
   try {
-    store = options.store ?? (await openStore(config, logger, options.now));
+    const storage = await openStorage(config, logger, options.now);
+    services = new CarveServices(storage, {
+      logger: logger.child({ component: "carves" }),
+      ...(options.now ? { now: options.now } : {}),
+    });
+    try {
+      await services.recoverAtStart();
+    } catch (err) {
+      await services.close();
+      throw err;
+    }
   } catch (err) {
     await authorizer.close();
     throw err;
   }
   let shuttingDown = false;
-  const carves = new CarveService({
-    store,
+  const carves = services.ingest({
     limits: {
       maxBlockSize: config.agent.maxBlockSize,
       maxCarveSize: config.agent.maxCarveSize,
       minFreeBytes: config.storage.filesystem.minFreeBytes,
       maxReceiving: config.agent.maxReceivingCarves,
       maxReceivingPerAgent: config.agent.maxReceivingCarvesPerAgent,
-      activeWithinMs: config.retention.abandonedAfterHours * 3_600_000,
+      activeWithinMs: expiryPolicyOf(config).abandonedAfterSeconds * 1000,
       firstBlockWithinMs: config.agent.firstBlockWithinSeconds * 1000,
     },
     requireSameCertificate: config.agent.requireSameCertificate,
-    logger: logger.child({ component: "carves" }),
   });
   const separateResponder = config.server.responder.port !== undefined;
   const metrics = new Metrics();
@@ -137,7 +144,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
     createRequestHandler({
       config,
       logger,
-      store,
+      services: { reads: services.reads, custody: services.custody, imports: services.imports, audit: services.audit, status: services },
       carves,
       authorizer,
       isShuttingDown: () => shuttingDown,
@@ -187,7 +194,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
         tls: Boolean(tls),
         clientCertificates: tls?.clientCa ? "required" : "not requested",
         serves: Object.entries(surfaces).filter(([, on]) => on).map(([k]) => k),
-        storage: store.backend,
+        storage: `${services.storage.blobs.kind}+${services.storage.catalog.kind}`,
       },
       "listening",
     );
@@ -205,7 +212,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
     }
   } catch (err) {
     for (const l of listeners) l.server.close();
-    await store.close();
+    await services.close();
     await authorizer.close();
     throw err;
   }
@@ -242,7 +249,8 @@ export async function startService(options: StartOptions): Promise<RunningServic
 
   const retention = config.retention.enabled
     ? new RetentionJob({
-        store,
+        expiry: services.expiry,
+        audit: services.audit,
         logger: logger.child({ component: "retention" }),
         options: retentionOptionsOf(config),
         metrics,
@@ -286,7 +294,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       clearInterval(sweep);
       bodyWatch.stop();
       await retentionStopped; // a run in progress finishes its current carve first
-      await store.close();
+      await services.close();
       await authorizer.close();
       logger.info("stopped");
     })();
@@ -297,7 +305,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
     url: main.url,
     port: main.port,
     responderUrl: listeners[1]?.url ?? null,
-    store,
+    services,
     server: main.server,
     reloadTls: reload,
     stop,

@@ -28,6 +28,9 @@ import { Readable, Transform } from "node:stream";
 import type { TransformCallback } from "node:stream";
 import { pipeline } from "node:stream/promises";
 
+// The magic number of the zstd frames osquery's --carver_compression writes (tests recognise them by it).
+export { ZSTD_MAGIC } from "../../src/carves/geometry.js";
+
 export type ArchiveStyle = "modern" | "legacy";
 
 export interface BuildCarveArchiveOptions {
@@ -74,8 +77,6 @@ const ZERO_BLOCK = Buffer.alloc(BLOCK);
 const MAX_OCTAL_11 = 0o77777777777; // size / mtime fields: 11 octal digits
 const MAX_OCTAL_7 = 0o7777777; // mode / uid / gid fields: 7 octal digits
 const READ_CHUNK = 1 << 20;
-
-export const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 
 interface PlannedMember {
   name: string;

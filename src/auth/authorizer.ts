@@ -1,6 +1,6 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { AppError } from "../errors.js";
-import type { AuditActor } from "../storage/carve-store.js";
+import type { AuditActor } from "../storage/model.js";
 
 /**
  * What a responder asks to do:

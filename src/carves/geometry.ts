@@ -29,8 +29,8 @@ export function blockOffset(geometry: { blockSize: number }, blockId: number): n
   return blockId * geometry.blockSize;
 }
 
-/** zstd frame magic number, little-endian 0xFD2FB528. */
-const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
+/** zstd frame magic number, little-endian 0xFD2FB528 (RFC 8878 3.1.1). */
+export const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 
 /** osquery does not announce compression: `--carver_compression` output is recognised by its first bytes. */
 export function detectCompression(head: Buffer): "zstd" | "none" {

@@ -1,6 +1,5 @@
 import { Decompress } from "fzstd";
-
-export const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
+import { ZSTD_MAGIC } from "./geometry.js";
 
 /** zstd's own default limit for decoding without explicit permission (ZSTD_WINDOWLOG_LIMIT_DEFAULT = 27). */
 export const MAX_WINDOW_BYTES = 128 * 1024 * 1024;

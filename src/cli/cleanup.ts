@@ -14,7 +14,7 @@ import { formatBytes } from "../config/sizes.js";
 import { safeErrorFields } from "../errors.js";
 import { createLogger } from "../logger.js";
 import { RetentionJob, type RetentionSummary } from "../jobs/retention.js";
-import { openStore } from "../storage/factory.js";
+import { openServices } from "../services/deployment.js";
 import { retentionOptionsOf } from "../jobs/retention-config.js";
 
 export function summaryLine(s: RetentionSummary): string {
@@ -62,15 +62,15 @@ export async function main(argv: string[], out: (line: string) => void = (l) => 
   }
   // The service's log format (level names, ISO times, same redaction), on stderr: stdout is the report.
   const logger = createLogger(config.logging.level, pino.destination(2)).child({ component: "cleanup" });
-  let store;
+  let services;
   try {
-    store = await openStore(config, logger);
+    services = await openServices(config, logger);
   } catch (err) {
     process.stderr.write(`cleanup: cannot open storage: ${safeErrorFields(err).message ?? "unknown error"}\n`);
     return 3;
   }
   try {
-    const job = new RetentionJob({ store, logger, options: retentionOptionsOf(config) });
+    const job = new RetentionJob({ expiry: services.expiry, audit: services.audit, logger, options: retentionOptionsOf(config) });
     const summary = await job.runOnce({ dryRun: args.values["dry-run"] });
     if (args.values.json) {
       out(JSON.stringify(summary));
@@ -83,7 +83,7 @@ export async function main(argv: string[], out: (line: string) => void = (l) => 
     process.stderr.write(`cleanup: run failed: ${safeErrorFields(err).message ?? "unknown error"}\n`);
     return 4;
   } finally {
-    await store.close();
+    await services.close();
   }
 }
 

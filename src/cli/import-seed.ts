@@ -25,8 +25,8 @@ import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "../config/load.js";
 import { isAppError, safeErrorFields } from "../errors.js";
 import { createLogger, type Logger } from "../logger.js";
-import type { CarveStore } from "../storage/carve-store.js";
-import { openStore } from "../storage/factory.js";
+import { openServices, type CarveServices } from "../services/deployment.js";
+import { buildAuditEvent, NO_CLIENT, systemActor } from "../services/audit-events.js";
 
 /** osquery's carve GUIDs are UUIDs; in a shared directory such as /tmp nothing else is taken for a carve. */
 const CARVE_FILE = /^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\.tar$/;
@@ -99,9 +99,9 @@ export async function* seedGridFsCarves(uri: string, database: string, bucket: s
   }
 }
 
-/** Imports every carve of `source` into `store`, one at a time. */
+/** Imports every carve of `source` through the import service, one at a time. */
 export async function importSeedCarves(
-  store: CarveStore,
+  services: Pick<CarveServices, "reads" | "imports" | "audit">,
   source: AsyncIterable<SeedCarve>,
   options: { maxBytes: number; logger: Logger; dryRun?: boolean; out?: (o: ImportOutcome) => void },
 ): Promise<ImportOutcome[]> {
@@ -112,7 +112,7 @@ export async function importSeedCarves(
   };
   for await (const carve of source) {
     try {
-      const existing = await store.getCarve(carve.carveId).catch((err: unknown) => {
+      const existing = await services.reads.get(carve.carveId).catch((err: unknown) => {
         if (isAppError(err) && err.code === "CARVE_NOT_FOUND") return null;
         throw err;
       });
@@ -125,7 +125,7 @@ export async function importSeedCarves(
         continue;
       }
       const stored = carve.storedAt ? `, stored there ${carve.storedAt.toISOString()}` : "";
-      const record = await store.importCarve(
+      const record = await services.imports.importArchive(
         {
           carveId: carve.carveId,
           sessionId: randomUUID(),
@@ -140,16 +140,20 @@ export async function importSeedCarves(
         carve.chunks(),
         { maxBytes: options.maxBytes },
       );
-      await store.appendAudit({
-        id: randomUUID(),
-        at: new Date(),
-        action: "carve.import",
-        result: "allowed",
-        actor: { displayName: "import-seed", entityId: null, tokenFingerprint: null },
-        client: { address: null, certificateSubject: null, requestId: null },
-        carveId: record.carveId,
-        detail: { source: "seed", originalPath: carve.origin.slice(0, 300), size: record.carveSize, sha256: record.sha256 },
-      });
+      await services.audit.record(
+        buildAuditEvent(
+          {
+            action: "carve.import",
+            result: "allowed",
+            actor: systemActor("import-seed"),
+            client: NO_CLIENT,
+            requestId: null,
+            carveId: record.carveId,
+            detail: { source: "seed", originalPath: carve.origin.slice(0, 300), size: record.carveSize, sha256: record.sha256 },
+          },
+          new Date(),
+        ),
+      );
       report({ carveId: carve.carveId, result: "imported", bytes: record.carveSize, sha256: record.sha256, reason: null });
     } catch (err) {
       const reason = isAppError(err) ? `${err.code}: ${err.message}` : (safeErrorFields(err).message ?? "unknown error");
@@ -209,9 +213,9 @@ export async function main(argv: string[], out: (line: string) => void = (l) => 
   // Same log format as the service (JSON lines, level names, ISO times), on stderr: stdout is the report.
   const logger = createLogger(config.logging.level, process.stderr).child({ component: "import-seed" });
   for (const w of warnings) logger.warn(w);
-  let store;
+  let services;
   try {
-    store = await openStore(config, logger);
+    services = await openServices(config, logger);
   } catch (err) {
     process.stderr.write(`import-seed: cannot open storage: ${safeErrorFields(err).message ?? "unknown error"}\n`);
     return 3;
@@ -221,16 +225,16 @@ export async function main(argv: string[], out: (line: string) => void = (l) => 
     out(`${o.carveId}\t${o.result}\t${o.bytes}\t${o.sha256 ?? "-"}${o.reason ? `\t${o.reason}` : ""}`);
   const opts = { maxBytes: config.agent.maxCarveSize, logger, dryRun: args.values["dry-run"], out: print };
   try {
-    if (dir !== undefined) all.push(...(await importSeedCarves(store, seedDiskCarves(dir), opts)));
+    if (dir !== undefined) all.push(...(await importSeedCarves(services, seedDiskCarves(dir), opts)));
     if (gridfs !== undefined && database !== undefined) {
-      all.push(...(await importSeedCarves(store, seedGridFsCarves(gridfs, database, bucket), opts)));
+      all.push(...(await importSeedCarves(services, seedGridFsCarves(gridfs, database, bucket), opts)));
     }
   } catch (err) {
     process.stderr.write(`import-seed: cannot read the seed's store: ${safeErrorFields(err).message ?? "unknown error"}\n`);
-    await store.close();
+    await services.close();
     return 3;
   }
-  await store.close();
+  await services.close();
   const count = (r: ImportOutcome["result"]): number => all.filter((o) => o.result === r).length;
   out(`import-seed: ${count("imported")} imported, ${count("skipped")} skipped, ${count("failed")} failed`);
   return count("failed") > 0 ? 1 : 0;

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import express, { type NextFunction, type Request, type Response, type Router } from "express";
 import { AppError, safeErrorFields } from "../errors.js";
-import type { CarveService } from "../carves/carve-service.js";
+import type { IngestService } from "../services/ingest.js";
 import type { Logger } from "../logger.js";
 import { refuseNonJson, refuseStart, replyBlockAccepted, replyStartAccepted } from "./agent-reply.js";
 import { blockBodySchema, describeIssues, startBodySchema, type BlockBody } from "./agent-schemas.js";
@@ -116,7 +116,7 @@ export interface AgentEndpoints {
 
 export function agentEndpoints(
   deps: {
-    carves: CarveService;
+    carves: IngestService;
     logger: Logger;
     metrics?: Metrics | undefined;
     isShuttingDown?: () => boolean;

@@ -1,26 +1,33 @@
 import express, { type Express, type NextFunction, type Request, type Response } from "express";
 import { unconfiguredAuthorizer, type Authorizer } from "../auth/authorizer.js";
 import type { Config } from "../config/schema.js";
-import type { CarveService } from "../carves/carve-service.js";
+import type { IngestService } from "../services/ingest.js";
+import { expiryPolicyOf } from "../carves/expiry.js";
+import type { StorageStatus } from "../services/types.js";
 import { AppError, isAppError, safeErrorFields } from "../errors.js";
 import type { Logger } from "../logger.js";
-import type { CarveStore } from "../storage/carve-store.js";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { agentEndpoints, type AgentEndpoints } from "./agent-routes.js";
 import { proxyMatcher } from "./client-identity.js";
 import { refuseNonJson } from "./agent-reply.js";
 import { healthRouter } from "./health-routes.js";
+import { sendJsonError } from "./json-error.js";
 import { httpLogger, requestIdOf } from "./logging.js";
 import type { Metrics } from "../metrics.js";
 import type { BodyWatch } from "./body-watch.js";
 import { openApiRouter } from "./openapi-routes.js";
-import { responderRouter } from "./responder-routes.js";
+import { responderRouter, type ResponderServices } from "./responder/index.js";
+
+/** What the handlers call (src/services/types.ts): none of them touches a store. */
+export interface AppServices extends ResponderServices {
+  status: StorageStatus;
+}
 
 export interface AppDeps {
   config: Config;
   logger: Logger;
-  store: CarveStore;
-  carves: CarveService;
+  services: AppServices;
+  carves: IngestService;
   /** Decides responder API requests; without one that API answers 503 VAULT_NOT_CONFIGURED. */
   authorizer?: Authorizer;
   isShuttingDown?: () => boolean;
@@ -30,11 +37,6 @@ export interface AppDeps {
   metrics?: Metrics;
   /** Progress-based request timeouts: every request is watched until its body is complete. */
   bodyWatch?: BodyWatch;
-}
-
-/** Responder-facing error shape: `{"error": {"code", "message", "requestId"}}`. */
-export function sendJsonError(req: Request, res: Response, err: AppError): void {
-  res.status(err.status).json({ error: { code: err.code, message: err.publicMessage, requestId: typeof req.id === "string" ? req.id : JSON.stringify(req.id) } });
 }
 
 /** What a listener serves: the Express app, with block requests answered before it when it allows. */
@@ -65,7 +67,7 @@ export function createRequestHandler(deps: AppDeps): RequestHandler {
 
 /**
  * Builds the Express application, and the block handler to put in front of it when successful blocks are not
- * logged. Creates nothing that needs closing: the caller owns store and server.
+ * logged. Creates nothing that needs closing: the caller owns services and server.
  */
 function buildApp(deps: AppDeps): { app: Express; fastBlocks: AgentEndpoints["fastBlocks"] | undefined } {
   const { config } = deps;
@@ -115,17 +117,17 @@ function buildApp(deps: AppDeps): { app: Express; fastBlocks: AgentEndpoints["fa
     next();
   });
 
-  app.use(healthRouter({ store: deps.store, isShuttingDown, metrics: deps.metrics }));
+  app.use(healthRouter({ storage: deps.services.status, isShuttingDown, metrics: deps.metrics }));
   if (agent) app.use(agent.router);
 
   if (surfaces.responder) app.use(openApiRouter());
   if (surfaces.responder) app.use(
     responderRouter({
-      store: deps.store,
+      services: deps.services,
       authorizer: deps.authorizer ?? unconfiguredAuthorizer(),
       logger: deps.logger,
       isTrustedProxy: proxyMatcher(config.server.trustedProxies),
-      expiry: { retentionDays: config.retention.days, abandonedAfterSeconds: config.retention.abandonedAfterHours * 3600 },
+      expiry: expiryPolicyOf(config),
       maxImportSize: config.import.maxSize,
       unauthenticatedAuditWindowMs: config.audit.unauthenticatedWindowSeconds * 1000,
       listing: { maxMembers: config.listing.maxMembers, maxBytesExamined: config.listing.maxBytesExamined },

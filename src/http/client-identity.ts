@@ -2,7 +2,7 @@ import { X509Certificate } from "node:crypto";
 import net from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { IncomingMessage } from "node:http";
-import type { CertificateIdentity } from "../storage/carve-store.js";
+import type { CertificateIdentity } from "../storage/model.js";
 
 /**
  * Who is on the other end of a request, from one of two sources that produce the same shape:

@@ -1,7 +1,7 @@
 import { listTar, TarFormatError, type ListingLimits, type TarListing } from "../carves/tar-listing.js";
 import { zstdDecompress, ZstdFormatError } from "../carves/zstd-stream.js";
 import { AppError, isAppError } from "../errors.js";
-import type { CarveStore } from "../storage/carve-store.js";
+import type { CarveReads } from "../services/types.js";
 import { ByteBudget } from "../util/byte-budget.js";
 import { LruMap } from "../util/lru.js";
 
@@ -26,7 +26,7 @@ export class FilesLister {
   private readonly slots = new ByteBudget(CONCURRENT_LISTINGS);
 
   constructor(
-    private readonly store: CarveStore,
+    private readonly reads: CarveReads,
     readonly limits: ListingLimits,
   ) {}
 
@@ -48,7 +48,7 @@ export class FilesLister {
   private async read(carveId: string): Promise<FilesListing> {
     const release = await this.slots.acquire(1);
     try {
-      const handle = await this.store.openArchive(carveId);
+      const handle = await this.reads.openArchive(carveId);
       try {
         const source = handle.record.compression === "zstd" ? zstdDecompress(handle.stream) : (handle.stream as AsyncIterable<Buffer>);
         const listing = await listTar(source, this.limits);

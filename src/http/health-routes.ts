@@ -1,9 +1,9 @@
 import express, { type Router } from "express";
 import type { Metrics } from "../metrics.js";
-import type { CarveStore } from "../storage/carve-store.js";
+import type { StorageStatus } from "../services/types.js";
 
 export function healthRouter(deps: {
-  store: CarveStore;
+  storage: StorageStatus;
   isShuttingDown: () => boolean;
   metrics?: Metrics | undefined;
 }): Router {
@@ -22,7 +22,7 @@ export function healthRouter(deps: {
   });
   // Readiness: storage can take writes and the service is not draining.
   router.get("/ready", async (_req, res) => {
-    const storage = await deps.store.health();
+    const storage = await deps.storage.health();
     const ready = storage.ok && !deps.isShuttingDown();
     res.status(ready ? 200 : 503).json({
       status: ready ? "ready" : "unavailable",

@@ -98,3 +98,68 @@ export function parseWith<S extends z.ZodType>(schema: S, input: unknown): z.out
   });
   throw new AppError("INVALID_QUERY", problems.join("; "));
 }
+
+/** A client-chosen name as it may appear in a message or the audit trail: printable and short. */
+export function shown(name: string, max = 64): string {
+  const clean = name.replace(/[^\x20-\x7e]/g, "?");
+  return JSON.stringify(clean.length > max ? `${clean.slice(0, max)}...` : clean);
+}
+
+export const SHA256_HEX = /^[0-9a-fA-F]{64}$/;
+/** osquery's carves.sha256 when the archive is larger than --read_max (carver.cpp: it skips hashing). */
+export const HOST_NOT_HASHED = "-1";
+
+/** Control characters (NUL included) have no place in a reason that is shown, logged and exported. */
+function hasControlCharacter(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x20 || (c >= 0x7f && c <= 0x9f)) return true;
+  }
+  return false;
+}
+
+/**
+ * PUT /api/v1/carves/:carve_id/hold: `{"reason": "..."}` (an empty body reads as `{}`), as UTF-8 text (this
+ * module is also compiled for the browser console: no Buffer). Returns the reason, trimmed. @throws AppError INVALID_QUERY
+ */
+export function holdReasonOf(body: string): string {
+  let reason: unknown;
+  try {
+    reason = (JSON.parse(body || "{}") as { reason?: unknown }).reason;
+  } catch {
+    throw new AppError("INVALID_QUERY", 'body must be JSON: {"reason": "..."}');
+  }
+  if (typeof reason !== "string" || reason.trim() === "" || reason.length > 1000) {
+    throw new AppError("INVALID_QUERY", 'a hold needs {"reason": "<1-1000 characters>"}');
+  }
+  if (hasControlCharacter(reason)) throw new AppError("INVALID_QUERY", "a hold reason must not contain control characters");
+  return reason.trim();
+}
+
+/**
+ * POST /api/v1/carves/:carve_id/verify: `{"sha256": "<64 hex>"}` as the host's carves table shows it. Returns
+ * it in lower case. @throws AppError INVALID_JSON, INVALID_QUERY (another field), INVALID_SHA256,
+ *   HOST_SHA256_UNAVAILABLE (the host recorded -1)
+ */
+export function claimedSha256Of(body: string): string {
+  let json: unknown;
+  try {
+    json = JSON.parse(body);
+  } catch {
+    throw new AppError("INVALID_JSON", 'expected {"sha256": "<the host\'s carves.sha256>"}');
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    throw new AppError("INVALID_JSON", 'expected {"sha256": "<the host\'s carves.sha256>"}');
+  }
+  const unknown = Object.keys(json).filter((k) => k !== "sha256");
+  if (unknown.length > 0) throw new AppError("INVALID_QUERY", `unknown field(s) ${unknown.map((k) => shown(k)).join(", ")}`);
+  const raw = (json as { sha256?: unknown }).sha256;
+  // osquery's carves.sha256 is text; fleet managers may turn -1 into a number.
+  const value = typeof raw === "number" ? String(raw) : raw;
+  if (typeof value !== "string") throw new AppError("INVALID_SHA256", 'missing: send {"sha256": "..."}');
+  const claimed = value.trim();
+  if (claimed === HOST_NOT_HASHED) throw new AppError("HOST_SHA256_UNAVAILABLE");
+  if (claimed === "") throw new AppError("INVALID_SHA256", "empty (the host has not hashed the archive yet)");
+  if (!SHA256_HEX.test(claimed)) throw new AppError("INVALID_SHA256");
+  return claimed.toLowerCase();
+}

@@ -1,5 +1,5 @@
-import { createHash } from "node:crypto";
-import type { CarveRecord } from "../storage/carve-store.js";
+import { expiresAt, type ExpiryPolicy } from "../carves/expiry.js";
+import type { CarveRecord } from "../storage/model.js";
 
 /**
  * A receiving carve that has had no block for this long is reported as "incomplete": osquery 5.22+ gives up
@@ -18,14 +18,9 @@ export function viewStatus(record: CarveRecord, now: Date): ViewStatus {
   return now.getTime() - record.updatedAt.getTime() > INCOMPLETE_AFTER_MS ? "incomplete" : "receiving";
 }
 
-/** The node key is osquery's enrollment secret: only a short SHA-256 prefix of it is ever shown. */
-export function nodeKeyPrefix(nodeKey: string): string | null {
-  if (nodeKey === "") return null;
-  return createHash("sha256").update(nodeKey, "utf8").digest("hex").slice(0, 16);
-}
-
-export function nodeKeyMatches(nodeKey: string, prefix: string): boolean {
-  return nodeKey !== "" && createHash("sha256").update(nodeKey, "utf8").digest("hex").startsWith(prefix);
+/** The node key is osquery's enrollment secret: only a short prefix of its SHA-256 is ever shown. */
+export function nodeKeyPrefix(nodeKeySha256: string | null): string | null {
+  return nodeKeySha256 === null ? null : nodeKeySha256.slice(0, 16);
 }
 
 /** File name and media type of what the archive endpoint sends. */
@@ -38,24 +33,6 @@ export function archiveRepresentation(record: CarveRecord, decompressed: boolean
 
 function iso(d: Date | null): string | null {
   return d === null ? null : d.toISOString();
-}
-
-/** The retention rules (config `retention`), to tell when a carve is due for deletion. */
-export interface ExpiryPolicy {
-  retentionDays: number;
-  abandonedAfterSeconds: number;
-}
-
-/**
- * When retention may delete the carve: complete carves `retentionDays` after completion, unfinished ones
- * `abandonedAfterSeconds` after their last block (a new block postpones it). null under a legal hold.
- */
-export function expiresAt(record: CarveRecord, policy: ExpiryPolicy | undefined): Date | null {
-  if (!policy || record.hold) return null;
-  if (record.status === "complete") {
-    return record.completedAt ? new Date(record.completedAt.getTime() + policy.retentionDays * 86_400_000) : null;
-  }
-  return new Date(record.updatedAt.getTime() + policy.abandonedAfterSeconds * 1000);
 }
 
 function lastVerification(record: CarveRecord): { match: boolean; by: string | null; at: string; count: number } | null {
@@ -78,7 +55,7 @@ export function carveSummary(record: CarveRecord, now: Date, expiry?: ExpiryPoli
     blocksMissing: record.status === "complete" ? 0 : record.blockCount - record.blocksReceived,
     sha256: record.sha256,
     compression: record.compression,
-    node: { nodeKeySha256Prefix: nodeKeyPrefix(record.nodeKey) },
+    node: { nodeKeySha256Prefix: nodeKeyPrefix(record.nodeKeySha256) },
     agent: {
       address: record.agent.address,
       userAgent: record.agent.userAgent,

@@ -1,14 +1,13 @@
-import { randomUUID } from "node:crypto";
 import { AppError, safeErrorFields } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { Metrics } from "../metrics.js";
-import type { CarveStore, ExpiryCandidate, ExpiryCriteria } from "../storage/carve-store.js";
+import { buildAuditEvent, NO_CLIENT, systemActor } from "../services/audit-events.js";
+import { expiryCriteriaAt, type ExpiryPolicy } from "../carves/expiry.js";
+import type { AuditTrail, Expiry } from "../services/types.js";
+import type { ExpiryCandidate, ExpiryCriteria } from "../storage/model.js";
 
-export interface RetentionOptions {
-  /** Complete carves are deleted this many days after completion. */
-  retentionDays: number;
-  /** Incomplete carves with no block for this long are abandoned (osquery never resumes a carve). */
-  abandonedAfterSeconds: number;
+/** Complete carves go retentionDays after completion, incomplete ones abandonedAfterSeconds after their last block. */
+export interface RetentionOptions extends ExpiryPolicy {
   /** A delete begun this long ago and not finished belongs to a dead process: finish it. */
   staleDeleteAfterSeconds: number;
   /** Carves deleted per batch, and batches per run: a run always ends, whatever the backlog. */
@@ -32,20 +31,14 @@ export interface RetentionSummary {
   candidates: ExpiryCandidate[];
   /** More expired carves remain than one run may delete. */
   backlog: boolean;
-}
-
-export function criteriaAt(now: Date, options: RetentionOptions): ExpiryCriteria {
-  return {
-    completedBefore: new Date(now.getTime() - options.retentionDays * 86_400_000),
-    idleBefore: new Date(now.getTime() - options.abandonedAfterSeconds * 1000),
-    staleDeleteBefore: new Date(now.getTime() - options.staleDeleteAfterSeconds * 1000),
-  };
+  /** Completions a dead process left claimed (or never began though every block was stored), finished by this run. */
+  completionsFinished: number;
 }
 
 /**
  * Deletes expired carves: complete ones past the retention period, abandoned incomplete ones, and deletes a
  * crash left unfinished. Safe with several processes running it at once (each delete re-checks expiry
- * atomically in the store and is counted by exactly one of them); in-service runs never overlap.
+ * atomically with the delete and is counted by exactly one of them); in-service runs never overlap.
  */
 export class RetentionJob {
   private timer: NodeJS.Timeout | null = null;
@@ -54,7 +47,8 @@ export class RetentionJob {
 
   constructor(
     private readonly deps: {
-      store: CarveStore;
+      expiry: Expiry;
+      audit: AuditTrail;
       logger: Logger;
       options: RetentionOptions;
       now?: () => Date;
@@ -68,10 +62,10 @@ export class RetentionJob {
 
   /** One run: at most maxBatchesPerRun batches. Never throws for a single carve's failure. */
   async runOnce(options: { dryRun?: boolean } = {}): Promise<RetentionSummary> {
-    const { store, logger } = this.deps;
+    const { expiry, logger } = this.deps;
     const opts = this.deps.options;
     const startedAt = this.now();
-    const criteria = criteriaAt(startedAt, opts);
+    const criteria = expiryCriteriaAt(startedAt, opts);
     const summary: RetentionSummary = {
       dryRun: options.dryRun ?? false,
       startedAt,
@@ -83,17 +77,27 @@ export class RetentionJob {
       failed: 0,
       candidates: [],
       backlog: false,
+      completionsFinished: 0,
     };
     const cap = opts.batchSize * opts.maxBatchesPerRun;
+    if (!summary.dryRun) {
+      // A carve whose every block is stored is never abandoned: if its completion died with its process (and the
+      // agent gave up), it is finished here rather than left "receiving" forever.
+      try {
+        summary.completionsFinished = (await expiry.recover({ exclusive: false, staleBefore: criteria.staleDeleteBefore })).completed;
+      } catch (err) {
+        logger.error({ err: safeErrorFields(err) }, "could not finish abandoned completions");
+      }
+    }
     if (summary.dryRun) {
-      const found = await store.findExpired(criteria, cap + 1);
+      const found = await expiry.findExpired(criteria, cap + 1);
       summary.candidates = found.slice(0, cap);
       summary.backlog = found.length > cap;
     } else {
       // Carves that were selected but not deleted are not selected again in this run: progress is certain.
       const passed = new Set<string>();
       for (let batch = 0; batch < opts.maxBatchesPerRun; batch++) {
-        const found = (await store.findExpired(criteria, opts.batchSize + passed.size)).filter(
+        const found = (await expiry.findExpired(criteria, opts.batchSize + passed.size)).filter(
           (c) => !passed.has(c.carveId),
         );
         const todo = found.slice(0, opts.batchSize);
@@ -104,7 +108,7 @@ export class RetentionJob {
         }
         if (this.stopped) break;
         if (batch === opts.maxBatchesPerRun - 1) {
-          summary.backlog = (await store.findExpired(criteria, passed.size + 1)).some((c) => !passed.has(c.carveId));
+          summary.backlog = (await expiry.findExpired(criteria, passed.size + 1)).some((c) => !passed.has(c.carveId));
         }
       }
     }
@@ -131,9 +135,9 @@ export class RetentionJob {
     summary: RetentionSummary,
     passed: Set<string>,
   ): Promise<void> {
-    const { store, logger } = this.deps;
+    const { expiry, audit, logger } = this.deps;
     try {
-      const result = await store.deleteCarve(candidate.carveId, { onlyIfExpired: criteria });
+      const result = await expiry.deleteIfExpired(candidate.carveId, criteria);
       if (!result.deleted) {
         summary.kept++;
         passed.add(candidate.carveId);
@@ -147,17 +151,20 @@ export class RetentionJob {
         { carveId: candidate.carveId, reason: candidate.reason, bytesFreed: result.bytesFreed },
         "carve expired",
       );
-      await store
-        .appendAudit({
-          id: randomUUID(),
-          at: this.now(),
+      const event = buildAuditEvent(
+        {
           action: "carve.expire",
           result: "allowed",
-          actor: { displayName: "retention", entityId: null, tokenFingerprint: null },
-          client: { address: null, certificateSubject: null, requestId: null },
+          actor: systemActor("retention"),
+          client: NO_CLIENT,
+          requestId: null,
           carveId: candidate.carveId,
           detail: { reason: candidate.reason, bytesFreed: result.bytesFreed },
-        })
+        },
+        this.now(),
+      );
+      await audit
+        .record(event)
         .catch((err: unknown) => logger.error({ err: safeErrorFields(err) }, "could not audit an expiry"));
     } catch (err) {
       passed.add(candidate.carveId);

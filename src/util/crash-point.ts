@@ -29,8 +29,11 @@ export const CRASH_POINTS = [
   "import.mid-stream",
   /** Import: bytes are stored and hashed; the archive and its record are not yet published. */
   "import.before-publish",
-  /** Migration of a store written by an earlier release: part of the records are migrated. */
+  /** Migration of a store written by an earlier release: part of the records are migrated. Hit after each
+   *  committed batch of rows and after each batch of source files removed (src/storage/sqlite/migrate-filesystem.ts). */
   "migrate.mid",
+  /** GridFS upgrade: a record's catalog entry is written; its old sessions document is not yet stripped or removed. */
+  "migrate.mid-gridfs",
 ] as const;
 
 export type CrashPointName = (typeof CRASH_POINTS)[number];

@@ -7,9 +7,8 @@ import { mkdir, mkdtemp, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
-import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { FilesystemCarveStore } from "../../src/storage/filesystem/filesystem-carve-store.js";
+import { openFilesystemStore } from "../support/deployment.js";
 import { makeCarve } from "../support/carve-data.js";
 import { ROOT } from "../support/service.js";
 
@@ -35,7 +34,7 @@ describe("cleanup command", () => {
   beforeEach(async () => {
     dir = await mkdtemp(path.join(tmpdir(), "carve-cli-"));
     const past = Date.now() - 40 * 86_400_000;
-    const store = await FilesystemCarveStore.create({ dataDir: dir, logger: pino({ level: "silent" }), now: () => new Date(past) });
+    const store = await openFilesystemStore(dir, { now: () => new Date(past) });
     ids.length = 0;
     for (let i = 0; i < 3; i++) {
       const c = makeCarve({ size: 2048, blockSize: 1024 });
@@ -99,7 +98,7 @@ describe("cleanup command", () => {
   it("exits 2 on bad configuration or arguments, 3 when the data directory is owned by a running service", async () => {
     expect((await cleanup({ CARVE_DATA_DIR: dir, CARVE_RETENTION_DAYS: "soon" })).code).toBe(2);
     expect((await cleanup({ CARVE_DATA_DIR: dir }, "--frobnicate")).code).toBe(2);
-    const owner = await FilesystemCarveStore.create({ dataDir: dir, logger: pino({ level: "silent" }) });
+    const owner = await openFilesystemStore(dir);
     try {
       // this test process owns the directory now, as the service would
       const res = await cleanup({ CARVE_DATA_DIR: dir });

@@ -4,8 +4,10 @@
  * agent emulator's results. A storage redesign adapts these two readers and nothing else.
  */
 import { createHash } from "node:crypto";
-import { readdir, readFile, readlink } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
+import Database from "better-sqlite3";
 import { MongoClient, type Binary } from "mongodb";
 
 export interface LayoutSnapshot {
@@ -35,7 +37,10 @@ async function entries(dir: string): Promise<string[]> {
   }
 }
 
-/** Filesystem layout (src/storage/filesystem/filesystem-carve-store.ts): carves/, meta/, sessions/, index/, tmp/. */
+/**
+ * Filesystem deployment (src/storage/filesystem/filesystem-blobs.ts, src/storage/sqlite/): carves/, sessions/,
+ * tmp/ and the catalog in catalog.sqlite (read-only here: the service may be running).
+ */
 export function filesystemLayout(dataDir: string): LayoutReader {
   return {
     close: () => Promise.resolve(),
@@ -49,14 +54,16 @@ export function filesystemLayout(dataDir: string): LayoutReader {
         list.push(createHash("sha256").update(bytes).digest("hex"));
         snap.published.set(id, list);
       }
-      for (const name of await entries(path.join(dataDir, "meta"))) {
-        if (!name.endsWith(".json")) continue;
-        const id = name.slice(0, -".json".length);
+      const file = path.join(dataDir, "catalog.sqlite");
+      if (existsSync(file)) {
+        const db = new Database(file, { readonly: true, fileMustExist: true });
         try {
-          const meta = JSON.parse(await readFile(path.join(dataDir, "meta", name), "utf8")) as { status: string };
-          snap.records.set(id, meta.status);
-        } catch {
-          snap.records.set(id, "unreadable");
+          db.pragma("busy_timeout = 5000");
+          for (const row of db.prepare("SELECT carve_id, state FROM carves").all() as Array<{ carve_id: string; state: string }>) {
+            snap.records.set(row.carve_id, row.state);
+          }
+        } finally {
+          db.close();
         }
       }
       for (const id of await entries(path.join(dataDir, "sessions"))) {
@@ -64,28 +71,27 @@ export function filesystemLayout(dataDir: string): LayoutReader {
         snap.staging.set(id, `sessions/${id}/ [${files.join(", ")}]`);
       }
       for (const name of await entries(path.join(dataDir, "tmp"))) snap.orphans.push(`tmp/${name}`);
-      for (const sid of await entries(path.join(dataDir, "index"))) {
-        let target = "";
-        try {
-          target = await readlink(path.join(dataDir, "index", sid));
-        } catch {
-          // not a symlink: an orphan as well
-        }
-        if (!snap.records.has(target)) snap.orphans.push(`index/${sid} -> ${target || "?"}`);
+      for (const legacy of ["meta", "index", "audit"]) {
+        if (existsSync(path.join(dataDir, legacy))) snap.orphans.push(`${legacy}/ (the previous release's layout)`);
       }
       return snap;
     },
   };
 }
 
-interface SessionRow {
+interface CarveRow {
   _id: string;
   sessionId: string;
-  status: string;
+  state: string;
+}
+
+interface UploadRow {
+  _id: string;
+  sessionId: string;
   b?: Record<string, number>;
 }
 
-/** GridFS layout (src/storage/gridfs/gridfs-carve-store.ts): <bucket>.sessions, .chunks, .files. */
+/** MongoDB deployment (src/storage/mongo/, src/storage/gridfs/gridfs-blobs.ts): <bucket>.carves, .sessions, .chunks, .files. */
 export function gridfsLayout(uri: string, database: string, bucket = "carves"): LayoutReader {
   const client = new MongoClient(uri, { serverSelectionTimeoutMS: 10_000 });
   const db = client.db(database);
@@ -93,10 +99,11 @@ export function gridfsLayout(uri: string, database: string, bucket = "carves"): 
     close: () => client.close(),
     async snapshot() {
       const snap: LayoutSnapshot = { published: new Map(), staging: new Map(), records: new Map(), orphans: [] };
-      const sessions = await db.collection<SessionRow>(`${bucket}.sessions`).find({}).toArray();
+      const carves = await db.collection<CarveRow>(`${bucket}.carves`).find({}, { projection: { _id: 1, sessionId: 1, state: 1 } }).toArray();
+      const uploads = await db.collection<UploadRow>(`${bucket}.sessions`).find({}).toArray();
       const chunks = db.collection<{ _id: string; files_id: string; n: number; data: Binary }>(`${bucket}.chunks`);
-      const bySession = new Map(sessions.map((s) => [s.sessionId, s]));
-      for (const s of sessions) snap.records.set(s._id, s.status);
+      const bySession = new Map(carves.map((c) => [c.sessionId, c]));
+      for (const c of carves) snap.records.set(c._id, c.state);
       const files = await db
         .collection<{ _id: string; length: number; chunkSize: number; metadata?: { carve_id?: string } }>(`${bucket}.files`)
         .find({})
@@ -125,13 +132,14 @@ export function gridfsLayout(uri: string, database: string, bucket = "carves"): 
       }
       for (const [filesId, n] of counts) {
         const owner = bySession.get(filesId);
-        if (!owner) snap.orphans.push(`${n} chunks of files_id ${filesId} (no session)`);
-        else if (owner.status !== "complete") snap.staging.set(owner._id, `${n} chunks, status ${owner.status}`);
+        if (!owner) snap.orphans.push(`${n} chunks of files_id ${filesId} (no carve)`);
+        else if (owner.state !== "complete") snap.staging.set(owner._id, `${n} chunks, state ${owner.state}`);
       }
-      for (const s of sessions) {
-        if (s.status === "complete" && s.b && Object.keys(s.b).length > 0) {
-          snap.staging.set(s._id, `${Object.keys(s.b).length} block markers left on a complete carve`);
-        }
+      for (const u of uploads) {
+        const owner = bySession.get(u.sessionId);
+        if (!owner) snap.orphans.push(`upload progress of ${u._id} (no carve)`);
+        else if (owner.state === "complete") snap.staging.set(u._id, `upload progress left on a complete carve (${Object.keys(u.b ?? {}).length} markers)`);
+        else snap.staging.set(u._id, snap.staging.get(u._id) ?? `upload progress, state ${owner.state}`);
       }
       return snap;
     },

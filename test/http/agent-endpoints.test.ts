@@ -3,7 +3,7 @@
  * requests for what an agent would never send. Each case follows a statement of
  * ../shared/docs/osquery-carver-protocol.md sections 1-3.
  */
-import { randomBytes, randomUUID } from "node:crypto";
+import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -129,7 +129,7 @@ describe("1. start request", () => {
     const res = await post("/start_uploads", body, { authorization: "NodeKey header-key-1" });
     expect(res.status).toBe(200);
     const record = await svc.store.getCarve(body.carve_id as string);
-    expect(record.nodeKey).toBe("header-key-1");
+    expect(record.nodeKeySha256).toBe(createHash("sha256").update("header-key-1").digest("hex"));
   });
 
   it("parses JSON whatever the Content-Type says", async () => {

@@ -34,7 +34,7 @@ const MAX_CARVE = 1024 * 1024; // CARVE_MAX_CARVE_SIZE below
 const BODY_LIMIT = 4 * Math.ceil(MAX_BLOCK / 3) + 4096;
 /** Start requests on their own endpoint are small: src/http/agent-routes.ts START_BODY_LIMIT. */
 const START_LIMIT = 64 * 1024;
-/** src/storage/gridfs/gridfs-carve-store.ts MAX_GRIDFS_BLOCKS */
+/** src/storage/gridfs/gridfs-blobs.ts MAX_GRIDFS_BLOCKS */
 const MAX_GRIDFS_BLOCKS = 500_000;
 const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const STRICT_BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -553,7 +553,7 @@ describe.each(BACKENDS)("agent endpoints under hostile input (%s)", (backend) =>
         compression: r.compression,
         sessionId: r.sessionId,
         requestId: r.requestId,
-        nodeKey: r.nodeKey,
+        nodeKeySha256: r.nodeKeySha256,
         geometry: [r.blockCount, r.blockSize, r.carveSize],
         completedAt: r.completedAt?.toISOString() ?? null,
         updatedAt: r.updatedAt.toISOString(),

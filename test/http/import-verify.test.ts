@@ -318,11 +318,11 @@ const gridfs: Backend = {
     try {
       const db = client.db(svc.config.storage.gridfs.database);
       const bucket = svc.config.storage.gridfs.bucket;
-      const importing = await db.collection<{ sessionId: string }>(`${bucket}.sessions`).find({ status: "importing" }).toArray();
+      const importing = await db.collection<{ sessionId: string }>(`${bucket}.carves`).find({ state: "importing" }).toArray();
       let total = 0;
       for (const s of importing) {
         const chunks = await db.collection(`${bucket}.chunks`).find({ files_id: s.sessionId }, { projection: { _id: 1 } }).toArray();
-        total += chunks.length * 1024 * 1024; // IMPORT_CHUNK in src/storage/gridfs/gridfs-carve-store.ts
+        total += chunks.length * 1024 * 1024; // IMPORT_CHUNK in src/storage/gridfs/gridfs-blobs.ts
       }
       return total;
     } finally {

@@ -77,6 +77,29 @@ describe("legal hold", () => {
     expect(actions).toEqual(["carve.delete:allowed", "carve.release:allowed", "carve.delete:error", "carve.hold:allowed"]);
   });
 
+  it("keeps the hold in place: another is refused naming it, and of PUTs at once exactly one places its hold", async () => {
+    const id = await carve();
+    const first = await api("PUT", `/api/v1/carves/${id}/hold`, ADMIN, { reason: "case IR-1" });
+    expect(first.status).toBe(200);
+    const at = (first.json.hold as { at: string }).at;
+    const again = await api("PUT", `/api/v1/carves/${id}/hold`, ADMIN, { reason: "case IR-2" });
+    expect(again).toMatchObject({ status: 409, json: { error: { code: "HOLD_EXISTS", message: expect.stringContaining(`placed by ldap-bob at ${at}; lift it first`) as unknown } } });
+    expect((await svc.store.getCarve(id)).hold?.reason).toBe("case IR-1");
+    const audit = await api("GET", `/api/v1/audit?carve_id=${id}&action=carve.hold`, ADMIN);
+    expect(audit.json.events).toMatchObject([
+      { result: "error", detail: { code: "HOLD_EXISTS", existingHoldBy: "ldap-bob", existingHoldAt: at, status: 409 } },
+      { result: "allowed", detail: { reason: "case IR-1" } },
+    ]);
+
+    const raced = await carve();
+    const replies = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => api("PUT", `/api/v1/carves/${raced}/hold`, ADMIN, { reason: `race ${i}` })),
+    );
+    const won = replies.filter((r) => r.status === 200);
+    expect(replies.map((r) => r.status).sort()).toEqual([200, 409, 409, 409, 409, 409, 409, 409]);
+    expect((await svc.store.getCarve(raced)).hold?.reason).toBe((won[0]?.json.hold as { reason: string }).reason);
+  });
+
   it("is refused to a reader, and needs a reason", async () => {
     const id = await carve();
     const denied = await api("PUT", `/api/v1/carves/${id}/hold`, READER, { reason: "mine" });

@@ -4,17 +4,16 @@
  * (GridFS) two replicas running the job at once.
  */
 import { randomBytes, randomUUID } from "node:crypto";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { MongoClient } from "mongodb";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, inject, it } from "vitest";
 import { RetentionJob, type RetentionOptions } from "../../src/jobs/retention.js";
-import type { CarveStore } from "../../src/storage/carve-store.js";
-import { FilesystemCarveStore } from "../../src/storage/filesystem/filesystem-carve-store.js";
-import { GridFsCarveStore } from "../../src/storage/gridfs/gridfs-carve-store.js";
+import type { DeploymentStore as CarveStore } from "../services/services-as-store.js";
 import { makeCarve, type TestCarve } from "../support/carve-data.js";
+import { openFilesystemStore, openGridfsStore } from "../support/deployment.js";
 
 const DAY = 86_400_000;
 const logger = pino({ level: "silent" });
@@ -42,12 +41,13 @@ const backends: Array<() => Promise<Backend>> = [
     return {
       name: "filesystem",
       shared: false,
-      open: (now) => FilesystemCarveStore.create({ dataDir: dir, logger, now }),
+      open: (now) => openFilesystemStore(dir, { now }),
       cleanup: () => rm(dir, { recursive: true, force: true }),
       interruptDelete: async (carveId, at) => {
-        const file = path.join(dir, "meta", `${carveId}.json`);
-        const meta = JSON.parse(await readFile(file, "utf8")) as Record<string, unknown>;
-        await writeFile(file, JSON.stringify({ ...meta, status: "deleting", deletingSince: at.toISOString() }));
+        // As a process that died right after marking the carve deleting would leave it (the store is closed).
+        const store = await openFilesystemStore(dir);
+        await store.services.storage.catalog.update(carveId, {}, { state: "deleting", claim: "dead-process", stateSince: at });
+        await store.close();
       },
     };
   },
@@ -57,7 +57,7 @@ const backends: Array<() => Promise<Backend>> = [
     return Promise.resolve({
       name: "gridfs",
       shared: true,
-      open: (now: () => Date) => GridFsCarveStore.create({ uri, database, bucket: "carves", logger, now }),
+      open: (now: () => Date) => openGridfsStore(uri, database, { now }),
       cleanup: async () => {
         const c = await MongoClient.connect(uri);
         await c.db(database).dropDatabase();
@@ -67,8 +67,8 @@ const backends: Array<() => Promise<Backend>> = [
         const c = await MongoClient.connect(uri);
         await c
           .db(database)
-          .collection("carves.sessions")
-          .updateOne({ _id: carveId as never }, { $set: { status: "deleting", deletingSince: at } });
+          .collection("carves.carves")
+          .updateOne({ _id: carveId as never }, { $set: { state: "deleting", claim: "dead-process", stateSince: at } });
         await c.close();
       },
     });
@@ -102,7 +102,7 @@ describe.each([0, 1])("retention job (backend %#)", (index) => {
     const abandoned = makeCarve({ size: 3000, blockSize: 1000 });
     const { session } = await store.createSession(abandoned.spec, "abandon1");
     await store.putBlock(session, 0, abandoned.blocks[0]!);
-    const job = new RetentionJob({ store, logger, options: OPTIONS, now });
+    const job = new RetentionJob({ expiry: store.services.expiry, audit: store.services.audit, logger, options: OPTIONS, now });
 
     t += 6 * 3600 * 1000; // exactly the idle limit: kept
     expect((await job.runOnce()).deleted).toBe(0);
@@ -123,7 +123,7 @@ describe.each([0, 1])("retention job (backend %#)", (index) => {
   it("works in capped batches, reports the backlog and finishes it in later runs", async () => {
     for (let i = 0; i < 8; i++) await complete(makeCarve({ size: 1000, blockSize: 1000 }));
     t += 31 * DAY;
-    const job = new RetentionJob({ store, logger, options: OPTIONS, now });
+    const job = new RetentionJob({ expiry: store.services.expiry, audit: store.services.audit, logger, options: OPTIONS, now });
     const run1 = await job.runOnce();
     expect(run1).toMatchObject({ deleted: 6, backlog: true });
     const run2 = await job.runOnce();
@@ -135,7 +135,7 @@ describe.each([0, 1])("retention job (backend %#)", (index) => {
     const a = makeCarve({ size: 1000, blockSize: 1000 });
     await complete(a);
     t += 31 * DAY;
-    const job = new RetentionJob({ store, logger, options: OPTIONS, now });
+    const job = new RetentionJob({ expiry: store.services.expiry, audit: store.services.audit, logger, options: OPTIONS, now });
     const dry = await job.runOnce({ dryRun: true });
     expect(dry).toMatchObject({ dryRun: true, deleted: 0, candidates: [{ carveId: a.spec.carveId, reason: "retention", bytes: 1000 }] });
     expect((await store.getCarve(a.spec.carveId)).status).toBe("complete");
@@ -147,7 +147,7 @@ describe.each([0, 1])("retention job (backend %#)", (index) => {
     const held = makeCarve({ size: 1000, blockSize: 1000 });
     await complete(held);
     await store.setHold(held.spec.carveId, { by: "alice", reason: "case 7", at: now() });
-    const job = new RetentionJob({ store, logger, options: OPTIONS, now });
+    const job = new RetentionJob({ expiry: store.services.expiry, audit: store.services.audit, logger, options: OPTIONS, now });
     for (let i = 0; i < 10; i++) {
       t += 5 * 3600 * 1000; // a block every 5 hours: slow, but alive (the idle limit is 6 hours)
       await store.putBlock(session, i, live.blocks[i]!);
@@ -169,7 +169,7 @@ describe.each([0, 1])("retention job (backend %#)", (index) => {
     await store.close();
     await backend.interruptDelete(a.spec.carveId, now());
     store = await backend.open(now);
-    const job = new RetentionJob({ store, logger, options: OPTIONS, now });
+    const job = new RetentionJob({ expiry: store.services.expiry, audit: store.services.audit, logger, options: OPTIONS, now });
     await expect(store.getCarve(a.spec.carveId)).rejects.toMatchObject({ code: "CARVE_NOT_FOUND" });
     expect((await job.runOnce()).deleted).toBe(0); // too fresh: maybe another process is still deleting it
     t += 11 * 60 * 1000;
@@ -183,7 +183,7 @@ describe.each([0, 1])("retention job (backend %#)", (index) => {
       const carves = Array.from({ length: 6 }, () => makeCarve({ size: 1000, blockSize: 1000 }));
       for (const c of carves) await complete(c);
       t += 31 * DAY;
-      const jobs = [1, 2].map(() => new RetentionJob({ store, logger, options: { ...OPTIONS, batchSize: 10 }, now }));
+      const jobs = [1, 2].map(() => new RetentionJob({ expiry: store.services.expiry, audit: store.services.audit, logger, options: { ...OPTIONS, batchSize: 10 }, now }));
       const [r1, r2] = await Promise.all(jobs.map((j) => j.runOnce()));
       expect(r1!.deleted + r2!.deleted).toBe(6);
       return;
@@ -193,7 +193,7 @@ describe.each([0, 1])("retention job (backend %#)", (index) => {
       const carves = Array.from({ length: 9 }, () => makeCarve({ size: 1000, blockSize: 1000 }));
       for (const c of carves) await complete(c);
       t += 31 * DAY;
-      const jobs = [store, other].map((s) => new RetentionJob({ store: s, logger, options: { ...OPTIONS, batchSize: 10 }, now }));
+      const jobs = [store, other].map((s) => new RetentionJob({ expiry: s.services.expiry, audit: s.services.audit, logger, options: { ...OPTIONS, batchSize: 10 }, now }));
       const [r1, r2] = await Promise.all(jobs.map((j) => j.runOnce()));
       expect(r1!.deleted + r2!.deleted).toBe(9);
       expect(r1!.bytesFreed + r2!.bytesFreed).toBe(9000);

@@ -12,10 +12,8 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { GridFSBucket, MongoClient, ObjectId } from "mongodb";
-import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { FilesystemCarveStore } from "../../src/storage/filesystem/filesystem-carve-store.js";
-import { GridFsCarveStore } from "../../src/storage/gridfs/gridfs-carve-store.js";
+import { openFilesystemStore, openGridfsStore } from "../support/deployment.js";
 import { ROOT } from "../support/service.js";
 
 const run = promisify(execFile);
@@ -81,7 +79,7 @@ describe("from the seed's disk store", () => {
     expect(again.code).toBe(0);
     expect(again.stdout.trim().split("\n").at(-1)).toBe("import-seed: 0 imported, 3 skipped, 0 failed");
 
-    const store = await FilesystemCarveStore.create({ dataDir, logger: pino({ level: "silent" }) });
+    const store = await openFilesystemStore(dataDir);
     try {
       for (const [id, bytes] of carves) {
         const record = await store.getCarve(id);
@@ -145,7 +143,7 @@ describe("from the seed's GridFS bucket", () => {
     const dry = await importSeed(env, "--gridfs", uri, "--database", seedDb, "--dry-run");
     expect(dry.stdout.trim().split("\n").at(-1)).toBe("import-seed: 0 imported, 2 skipped, 0 failed");
 
-    const store = await GridFsCarveStore.create({ uri, database: ourDb, bucket: "carves", logger: pino({ level: "silent" }) });
+    const store = await openGridfsStore(uri, ourDb);
     try {
       for (const [id, bytes] of carves) {
         expect(await store.getCarve(id)).toMatchObject({ status: "complete", sha256: sha256(bytes), carveSize: bytes.length });

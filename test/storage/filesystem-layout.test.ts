@@ -2,12 +2,11 @@ import { existsSync } from "node:fs";
 import { mkdtemp, readFile, readdir, rm, writeFile, open } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { FilesystemCarveStore } from "../../src/storage/filesystem/filesystem-carve-store.js";
 import { makeCarve, sha256 } from "../support/carve-data.js";
+import { openFilesystemStore } from "../support/deployment.js";
 
-const logger = pino({ level: "silent" });
+const FilesystemCarveStore = { create: (o: { dataDir: string }) => openFilesystemStore(o.dataDir) };
 
 async function listTree(dir: string, prefix = ""): Promise<string[]> {
   const out: string[] = [];
@@ -38,7 +37,7 @@ describe("filesystem store layout and recovery", () => {
   });
 
   it("puts completed carves at carves/<carve_id>.tar and .tar.zst, and nothing there before completion", async () => {
-    const store = await FilesystemCarveStore.create({ dataDir: dir, logger });
+    const store = await FilesystemCarveStore.create({ dataDir: dir });
     const plain = makeCarve({ size: 3000, blockSize: 1000 });
     const zstdBytes = Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), Buffer.alloc(996, 7)]);
     const zst = makeCarve({ size: 1000, blockSize: 1000, bytes: zstdBytes });
@@ -61,16 +60,12 @@ describe("filesystem store layout and recovery", () => {
     expect(tree).toEqual(
       [
         ".lock",
-        "audit",
         "carves",
         `carves/${plain.spec.carveId}.tar`,
         `carves/${zst.spec.carveId}.tar.zst`,
-        "index",
-        "index/layout01",
-        "index/layout02",
-        "meta",
-        `meta/${plain.spec.carveId}.json`,
-        `meta/${zst.spec.carveId}.json`,
+        "catalog.sqlite",
+        "catalog.sqlite-shm",
+        "catalog.sqlite-wal",
         "sessions",
         "tmp",
       ].sort(),
@@ -79,19 +74,22 @@ describe("filesystem store layout and recovery", () => {
   });
 
   it("finishes a completion interrupted after the archive was moved but before the record was updated", async () => {
-    let store = await FilesystemCarveStore.create({ dataDir: dir, logger });
+    let store = await FilesystemCarveStore.create({ dataDir: dir });
     const carve = makeCarve({ size: 2500, blockSize: 1000 });
     const { session } = await store.createSession(carve.spec, "crash001");
     for (let i = 0; i < 3; i++) await store.putBlock(session, i, carve.blocks[i]!);
     await store.close();
-    // Rebuild the state a crash between the rename and the meta rewrite leaves behind.
-    const metaFile = path.join(dir, "meta", `${carve.spec.carveId}.json`);
-    const meta = JSON.parse(await readFile(metaFile, "utf8")) as Record<string, unknown>;
-    await writeFile(metaFile, JSON.stringify({ ...meta, status: "receiving", completedAt: null, sha256: null, compression: null }));
-    await import("node:fs/promises").then((f) => f.mkdir(path.join(dir, "sessions", carve.spec.carveId)));
-    await writeFile(path.join(dir, "sessions", carve.spec.carveId, "journal"), journalOf([0, 1, 2]));
+    // Rebuild the state a crash between the rename and the catalog update leaves behind: the archive published,
+    // the entry still claimed by the dead process.
+    const raw = await openFilesystemStore(dir);
+    await raw.services.storage.catalog.update(
+      carve.spec.carveId,
+      {},
+      { state: "completing", claim: "dead-process", stateSince: new Date(), completedAt: null, sha256: null, compression: null },
+    );
+    await raw.close();
 
-    store = await FilesystemCarveStore.create({ dataDir: dir, logger });
+    store = await FilesystemCarveStore.create({ dataDir: dir });
     const record = await store.getCarve(carve.spec.carveId);
     expect(record.status).toBe("complete");
     expect(record.sha256).toBe(sha256(carve.bytes));
@@ -100,7 +98,7 @@ describe("filesystem store layout and recovery", () => {
   });
 
   it("finishes a completion interrupted right after the last block was journaled", async () => {
-    let store = await FilesystemCarveStore.create({ dataDir: dir, logger });
+    let store = await FilesystemCarveStore.create({ dataDir: dir });
     const carve = makeCarve({ size: 2500, blockSize: 1000 });
     const { session } = await store.createSession(carve.spec, "crash002");
     for (let i = 0; i < 2; i++) await store.putBlock(session, i, carve.blocks[i]!);
@@ -112,7 +110,7 @@ describe("filesystem store layout and recovery", () => {
     // a torn trailing record must be ignored
     await writeFile(path.join(sessionDir, "journal"), Buffer.concat([journalOf([0, 1, 2]), Buffer.from([1, 2, 3])]));
 
-    store = await FilesystemCarveStore.create({ dataDir: dir, logger });
+    store = await FilesystemCarveStore.create({ dataDir: dir });
     const record = await store.getCarve(carve.spec.carveId);
     expect(record.status).toBe("complete");
     expect(record.sha256).toBe(sha256(carve.bytes));
@@ -121,7 +119,7 @@ describe("filesystem store layout and recovery", () => {
   });
 
   it("ignores journal records that fail their check", async () => {
-    let store = await FilesystemCarveStore.create({ dataDir: dir, logger });
+    let store = await FilesystemCarveStore.create({ dataDir: dir });
     const carve = makeCarve({ size: 3000, blockSize: 1000 });
     const { session } = await store.createSession(carve.spec, "crash003");
     await store.putBlock(session, 0, carve.blocks[0]!);
@@ -129,31 +127,31 @@ describe("filesystem store layout and recovery", () => {
     const bad = journalOf([0, 1]);
     bad.writeUInt32LE(0, 12); // corrupt the check of block 1's record
     await writeFile(path.join(dir, "sessions", carve.spec.carveId, "journal"), bad);
-    store = await FilesystemCarveStore.create({ dataDir: dir, logger });
+    store = await FilesystemCarveStore.create({ dataDir: dir });
     expect(await store.missingBlocks(carve.spec.carveId, 10)).toEqual([1, 2]);
     await store.close();
   });
 
   it("owns its data directory: a live owner is refused, a dead owner's lock is taken over", async () => {
-    const store = await FilesystemCarveStore.create({ dataDir: dir, logger });
-    await expect(FilesystemCarveStore.create({ dataDir: dir, logger })).rejects.toThrow(/already open/);
+    const store = await FilesystemCarveStore.create({ dataDir: dir });
+    await expect(FilesystemCarveStore.create({ dataDir: dir })).rejects.toThrow(/already open/);
     await store.close();
 
     await writeFile(path.join(dir, ".lock"), "1\n"); // pid 1 is always alive
-    await expect(FilesystemCarveStore.create({ dataDir: dir, logger })).rejects.toThrow(/in use by process 1/);
+    await expect(FilesystemCarveStore.create({ dataDir: dir })).rejects.toThrow(/in use by process 1/);
 
     await writeFile(path.join(dir, ".lock"), "999999999\n"); // no such process
-    const taken = await FilesystemCarveStore.create({ dataDir: dir, logger });
+    const taken = await FilesystemCarveStore.create({ dataDir: dir });
     expect((await readFile(path.join(dir, ".lock"), "utf8")).trim()).toBe(String(process.pid));
     await taken.close();
     expect(existsSync(path.join(dir, ".lock"))).toBe(false);
   });
 
   it("empties its staging directory at start-up", async () => {
-    const store = await FilesystemCarveStore.create({ dataDir: dir, logger });
+    const store = await FilesystemCarveStore.create({ dataDir: dir });
     await store.close();
     await writeFile(path.join(dir, "tmp", "leftover.json"), "{}");
-    const again = await FilesystemCarveStore.create({ dataDir: dir, logger });
+    const again = await FilesystemCarveStore.create({ dataDir: dir });
     expect(await readdir(path.join(dir, "tmp"))).toEqual([]);
     await again.close();
   });

@@ -11,16 +11,17 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { GridFSBucket, MongoClient } from "mongodb";
-import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, inject, it, vi } from "vitest";
 import { AppError } from "../../src/errors.js";
-import { GridFsCarveStore, MAX_GRIDFS_BLOCKS, chunksPerBlock } from "../../src/storage/gridfs/gridfs-carve-store.js";
+import { MAX_GRIDFS_BLOCKS } from "../../src/storage/gridfs/gridfs-blobs.js";
+import { chunksPerBlock } from "../../src/storage/gridfs/gridfs-chunks.js";
+import type { DeploymentStore } from "../services/services-as-store.js";
+import { openGridfsStore } from "../support/deployment.js";
 import { makeCarve, readAll, sha256, shuffled } from "../support/carve-data.js";
 import { freePort } from "../support/service.js";
 
 const run = promisify(execFile);
 const SCRIPT = path.resolve(import.meta.dirname, "../../scripts/mongo-wire.sh");
-const logger = pino({ level: "silent" });
 
 async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
   return p.then(
@@ -33,10 +34,10 @@ describe("GridFS specifics", () => {
   let uri: string;
   let database: string;
   let client: MongoClient;
-  const stores: GridFsCarveStore[] = [];
+  const stores: DeploymentStore[] = [];
 
-  const open = async (extra: Partial<Parameters<typeof GridFsCarveStore.create>[0]> = {}) => {
-    const store = await GridFsCarveStore.create({ uri, database, bucket: "carves", logger, ...extra });
+  const open = async (extra: { staleCompletionMs?: number } = {}) => {
+    const store = await openGridfsStore(uri, database, { completion: extra });
     stores.push(store);
     return store;
   };
@@ -119,7 +120,7 @@ describe("GridFS specifics", () => {
     const inOrder = makeCarve({ size: 20 * chunk + 11, blockSize: chunk });
     const shuffledCarve = makeCarve({ size: 20 * chunk + 11, blockSize: chunk });
     const store = await open();
-    const chunks = (store as unknown as { chunks: { find: (...a: unknown[]) => unknown } }).chunks;
+    const chunks = (store.services.storage.blobs as unknown as { chunks: { find: (...a: unknown[]) => unknown } }).chunks;
     const finds = vi.spyOn(chunks, "find");
     // Reading a carve back is a find by a list of chunk ids (findOne of a re-sent block is a find too).
     const readBacks = (): number => finds.mock.calls.filter(([filter]) => JSON.stringify(filter).includes('"$in"')).length;
@@ -207,20 +208,18 @@ describe("GridFS specifics", () => {
     await a.putBlock(session, 0, carve.blocks[0]!);
     await a.putBlock(session, 1, carve.blocks[1]!);
     // Replica "a" stores and marks the last block, claims the completion and dies before finishing it.
-    const sessions = client.db(database).collection("carves.sessions");
+    const uploads = client.db(database).collection("carves.sessions");
     await client.db(database).collection("carves.chunks").insertOne({
       _id: `${session.sessionId}/2` as never,
       files_id: session.sessionId,
       n: 2,
       data: carve.blocks[2]!,
     });
-    await sessions.updateOne(
-      { _id: carve.spec.carveId as never },
-      {
-        $set: { "b.r2": 1, status: "completing", completingSince: new Date(Date.now() - 1000) },
-        $inc: { blocksReceived: 1, bytesReceived: 1000 },
-      },
-    );
+    await uploads.updateOne({ _id: carve.spec.carveId as never }, { $set: { "b.r2": 1 }, $inc: { blocksReceived: 1, bytesReceived: 1000 } });
+    await client
+      .db(database)
+      .collection("carves.carves")
+      .updateOne({ _id: carve.spec.carveId as never }, { $set: { state: "completing", claim: "dead-replica", stateSince: new Date(Date.now() - 1000) } });
     expect((await a.getCarve(carve.spec.carveId)).status).toBe("receiving");
     // The agent re-sends the last block (its reply never came) to replica "b".
     const b = await open({ staleCompletionMs: 200 });
@@ -244,13 +243,7 @@ describe("GridFS during a MongoDB outage", () => {
   });
 
   it("refuses blocks while MongoDB is down, loses nothing stored, and completes once it is back", async () => {
-    const store = await GridFsCarveStore.create({
-      uri: `mongodb://127.0.0.1:${port}/`,
-      database: "carve_outage",
-      bucket: "carves",
-      logger,
-      serverSelectionTimeoutMs: 1500,
-    });
+    const store = await openGridfsStore(`mongodb://127.0.0.1:${port}/`, "carve_outage", { serverSelectionTimeoutMs: 1500 });
     try {
       const carve = makeCarve({ size: 10 * 1000, blockSize: 1000 });
       const { session } = await store.createSession(carve.spec, "outage01");

@@ -10,7 +10,7 @@ import { randomBytes } from "node:crypto";
 import { MongoClient } from "mongodb";
 import { describe, expect, inject, it } from "vitest";
 import { createLogger } from "../../src/logger.js";
-import { GridFsCarveStore } from "../../src/storage/gridfs/gridfs-carve-store.js";
+import { openGridfsStore } from "../support/deployment.js";
 import { assessMongoServer, checkMongoServer } from "../../src/storage/mongo-server-check.js";
 import { LogCapture } from "../support/service.js";
 
@@ -99,12 +99,7 @@ describe("against the real wire server of this run", () => {
     } finally {
       await client.close();
     }
-    const store = await GridFsCarveStore.create({
-      uri,
-      database: `check_${randomBytes(4).toString("hex")}`,
-      bucket: "carves",
-      logger,
-    });
+    const store = await openGridfsStore(uri, `check_${randomBytes(4).toString("hex")}`, { logger });
     try {
       expect((await store.health()).ok).toBe(true);
     } finally {

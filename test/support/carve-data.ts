@@ -1,5 +1,5 @@
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import type { SessionSpec } from "../../src/storage/carve-store.js";
+import type { TestSpec } from "../services/services-as-store.js";
 
 export function sha256(data: Buffer): string {
   return createHash("sha256").update(data).digest("hex");
@@ -7,7 +7,7 @@ export function sha256(data: Buffer): string {
 
 /** A carve's bytes split the way osquery splits them. */
 export interface TestCarve {
-  spec: SessionSpec;
+  spec: TestSpec;
   bytes: Buffer;
   blocks: Buffer[];
 }

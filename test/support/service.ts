@@ -8,6 +8,7 @@ import { loadConfig } from "../../src/config/load.js";
 import type { Config } from "../../src/config/schema.js";
 import { createLogger } from "../../src/logger.js";
 import { startService, type RunningService } from "../../src/server.js";
+import { storeOver, type DeploymentStore } from "../services/services-as-store.js";
 
 export const ROOT = path.resolve(import.meta.dirname, "../..");
 
@@ -27,6 +28,8 @@ export class LogCapture extends Writable {
 }
 
 export interface TestService extends RunningService {
+  /** The running service's storage, reached through its services (test/services/services-as-store.ts). */
+  store: DeploymentStore;
   dataDir: string;
   config: Config;
   logs: LogCapture;
@@ -74,6 +77,7 @@ export async function startTestService(
   const service = await startService({ config, logger, ...(authorizer ? { authorizer } : {}) });
   return {
     ...service,
+    store: storeOver(service.services),
     dataDir,
     config,
     logs,

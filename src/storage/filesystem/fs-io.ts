@@ -1,0 +1,186 @@
+import { createHash, type Hash } from "node:crypto";
+import { promises as fsp, writeSync } from "node:fs";
+import type { FileHandle } from "node:fs/promises";
+import { AppError } from "../../errors.js";
+import { crashPoint } from "../../util/crash-point.js";
+import type { ImportLimits } from "../contracts.js";
+import type { Session } from "../model.js";
+import { Mutex } from "../../util/mutex.js";
+
+/** Writes up to this size are done synchronously (see writeFully). */
+const SYNC_WRITE_MAX = 64 * 1024;
+export const JOURNAL_RECORD_SIZE = 8;
+const JOURNAL_CHECK = 0xc4a7e5b1;
+
+export function wrapIo(err: unknown, what: string): AppError {
+  if (err instanceof AppError) return err;
+  return new AppError("STORAGE_UNAVAILABLE", undefined, { cause: Object.assign(new Error(what), { cause: err }) });
+}
+
+export function errno(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : undefined;
+}
+
+/**
+ * Writes all of `data` at `position`. Small writes (journal records, osquery's default 8 KiB blocks) go
+ * straight to the page cache synchronously: a thread-pool round trip costs more than the copy itself.
+ */
+export async function writeFully(fd: FileHandle, data: Buffer, position: number): Promise<void> {
+  let done = 0;
+  if (data.length <= SYNC_WRITE_MAX) {
+    while (done < data.length) {
+      const n = writeSync(fd.fd, data, done, data.length - done, position + done);
+      if (n <= 0) throw new Error("short write");
+      done += n;
+    }
+    return;
+  }
+  while (done < data.length) {
+    const { bytesWritten } = await fd.write(data, done, data.length - done, position + done);
+    if (bytesWritten <= 0) throw new Error("short write");
+    done += bytesWritten;
+  }
+}
+
+export async function readFully(fd: FileHandle, length: number, position: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await fd.read(buf, done, length - done, position + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return done === length ? buf : buf.subarray(0, done);
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const fd = await fsp.open(dir, "r");
+  try {
+    await fd.sync();
+  } catch (err) {
+    // Some filesystems refuse fsync on directories; the rename itself is still atomic.
+    if (errno(err) !== "EINVAL" && errno(err) !== "EISDIR") throw err;
+  } finally {
+    await fd.close();
+  }
+}
+
+export function journalRecord(blockId: number): Buffer {
+  const record = Buffer.allocUnsafe(JOURNAL_RECORD_SIZE);
+  record.writeUInt32LE(blockId, 0);
+  record.writeUInt32LE((blockId ^ JOURNAL_CHECK) >>> 0, 4);
+  return record;
+}
+
+/** Block ids of a journal's valid records, in order; a torn or foreign record is skipped. */
+export function* journalBlocks(buf: Buffer, blockCount: number): Generator<number> {
+  const records = Math.floor(buf.length / JOURNAL_RECORD_SIZE);
+  for (let i = 0; i < records; i++) {
+    const id = buf.readUInt32LE(i * JOURNAL_RECORD_SIZE);
+    const check = buf.readUInt32LE(i * JOURNAL_RECORD_SIZE + 4);
+    if ((id ^ JOURNAL_CHECK) >>> 0 === check && id < blockCount) yield id;
+  }
+}
+
+/** One upload being received: which blocks are stored (from the journal), its open files, its running hash. */
+export class Upload {
+  readonly mutex = new Mutex();
+  readonly bitmap: Uint8Array;
+  received = 0;
+  bytes = 0;
+  lastBlockAt: Date;
+  dataFd: FileHandle | null = null;
+  journalFd: FileHandle | null = null;
+  journalLength = 0;
+  /** SHA-256 over blocks [0, hashedBlocks), fed as blocks arrive in order. */
+  hash: Hash = createHash("sha256");
+  hashedBlocks = 0;
+  /** Dropped from memory (evicted, completed, deleted, or memory may disagree with disk after an I/O error). */
+  stale = false;
+
+  constructor(readonly session: Session) {
+    this.bitmap = new Uint8Array(Math.ceil(session.blockCount / 8));
+    this.lastBlockAt = session.createdAt;
+  }
+
+  has(blockId: number): boolean {
+    return ((this.bitmap[blockId >> 3] ?? 0) & (1 << (blockId & 7))) !== 0;
+  }
+
+  mark(blockId: number): void {
+    const i = blockId >> 3;
+    this.bitmap[i] = (this.bitmap[i] ?? 0) | (1 << (blockId & 7));
+  }
+
+  missing(limit: number): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.session.blockCount && out.length < limit; i++) if (!this.has(i)) out.push(i);
+    return out;
+  }
+
+  resetHash(): void {
+    this.hash = createHash("sha256");
+    this.hashedBlocks = 0;
+  }
+
+  async closeFiles(): Promise<void> {
+    const fds = [this.dataFd, this.journalFd];
+    this.dataFd = null;
+    this.journalFd = null;
+    await Promise.all(fds.map((fd) => (fd ? fd.close().catch(() => undefined) : Promise.resolve())));
+  }
+}
+
+/** SHA-256 and size of a whole file, read in 1 MiB chunks; `heartbeat` every 64 MiB. */
+export async function hashFile(file: string, heartbeat?: () => Promise<void>): Promise<{ sha256: string; size: number }> {
+  const hash = createHash("sha256");
+  let size = 0;
+  let sinceBeat = 0;
+  for await (const chunk of (await fsp.open(file, "r")).createReadStream({ highWaterMark: 1024 * 1024 })) {
+    const buf = chunk as Buffer;
+    hash.update(buf);
+    size += buf.length;
+    sinceBeat += buf.length;
+    if (heartbeat && sinceBeat >= 64 * 1024 * 1024) {
+      await heartbeat();
+      sinceBeat = 0;
+    }
+  }
+  return { sha256: hash.digest("hex"), size };
+}
+
+/**
+ * Streams `data` into `fd` from offset 0, hashing it, within `limits.maxBytes`; `heartbeat` every 16 MiB.
+ * @throws AppError IMPORT_TOO_LARGE, IMPORT_ABORTED (the source failed; its own AppError is rethrown as is)
+ */
+export async function streamToFile(
+  fd: FileHandle,
+  data: AsyncIterable<Buffer>,
+  limits: ImportLimits,
+  heartbeat?: () => Promise<void>,
+): Promise<{ sha256: string; head: Buffer; size: number }> {
+  const hash = createHash("sha256");
+  let head = Buffer.alloc(0);
+  let size = 0;
+  let sinceBeat = 0;
+  try {
+    for await (const chunk of data) {
+      size += chunk.length;
+      if (size > limits.maxBytes) throw new AppError("IMPORT_TOO_LARGE");
+      hash.update(chunk);
+      if (head.length < 4) head = Buffer.concat([head, chunk.subarray(0, 4 - head.length)]);
+      await writeFully(fd, chunk, size - chunk.length);
+      crashPoint("import.mid-stream");
+      sinceBeat += chunk.length;
+      if (heartbeat && sinceBeat >= 16 * 1024 * 1024) {
+        await heartbeat();
+        sinceBeat = 0;
+      }
+    }
+  } catch (err) {
+    if (err instanceof AppError) throw err;
+    throw new AppError("IMPORT_ABORTED", undefined, { cause: err });
+  }
+  return { sha256: hash.digest("hex"), head, size };
+}

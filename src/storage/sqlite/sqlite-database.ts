@@ -1,0 +1,127 @@
+import { closeSync, mkdirSync, openSync } from "node:fs";
+import path from "node:path";
+import Database from "better-sqlite3";
+import { AppError } from "../../errors.js";
+
+/*
+ * The one SQLite file of the embedded deployment, shared by the catalog and the audit log: <dataDir>/catalog.sqlite.
+ * Several processes may open it at once (the cleanup CLI beside the service): WAL lets readers run beside the one
+ * writer, a busy timeout makes a second writer wait instead of failing, and every write transaction begins
+ * IMMEDIATE so two writers never deadlock upgrading read locks. Writes happen per start, completion and
+ * responder action, never per block, so each commit is synced (synchronous=FULL): an acknowledged start or audit
+ * event survives a power cut.
+ */
+
+export const CATALOG_FILE = "catalog.sqlite";
+const BUSY_TIMEOUT_MS = 5000;
+
+/** The partial-index conditions, written once: a query uses such an index only if it repeats the exact term. */
+export const VISIBLE = "state IN ('receiving', 'completing', 'complete')";
+export const LISTED_RECEIVING = "state IN ('receiving', 'completing')";
+export const LISTED_COMPLETE = "state = 'complete'";
+export const RETENTION = "state = 'complete' AND hold IS NULL";
+export const IDLE = "state = 'receiving' AND hold IS NULL";
+export const STALE = "state IN ('deleting', 'importing', 'completing')";
+
+const BUCKET = (row: "NEW" | "OLD"): string =>
+  `CASE WHEN ${row}.state IN ('receiving', 'completing') THEN 'receiving' WHEN ${row}.state = 'complete' THEN 'complete' END`;
+
+/** Schema versions in order; user_version is the number applied. Append, never edit a shipped step. */
+const SCHEMA: readonly string[] = [
+  `
+  CREATE TABLE carves (
+    carve_id        TEXT PRIMARY KEY,
+    session_id      TEXT NOT NULL UNIQUE,
+    request_id      TEXT NOT NULL,
+    node_key_sha256 TEXT,
+    block_count     INTEGER NOT NULL,
+    block_size      INTEGER NOT NULL,
+    carve_size      INTEGER NOT NULL,
+    agent           TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('receiving', 'completing', 'complete', 'importing', 'deleting')),
+    state_since     INTEGER NOT NULL,
+    claim           TEXT,
+    completed_at    INTEGER,
+    sha256          TEXT,
+    compression     TEXT CHECK (compression IN ('none', 'zstd')),
+    hold            TEXT,
+    origin          TEXT NOT NULL CHECK (origin IN ('agent', 'import')),
+    imported        TEXT,
+    verifications   TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX carves_visible ON carves (created_at DESC, carve_id) WHERE ${VISIBLE};
+  CREATE INDEX carves_receiving ON carves (created_at DESC, carve_id) WHERE ${LISTED_RECEIVING};
+  CREATE INDEX carves_complete ON carves (created_at DESC, carve_id) WHERE ${LISTED_COMPLETE};
+  CREATE INDEX carves_node ON carves (node_key_sha256, created_at DESC, carve_id, state) WHERE ${VISIBLE};
+  CREATE INDEX carves_retention ON carves (completed_at, carve_id) WHERE ${RETENTION};
+  CREATE INDEX carves_idle ON carves (created_at, carve_id) WHERE ${IDLE};
+  CREATE INDEX carves_stale ON carves (state_since, carve_id) WHERE ${STALE};
+
+  -- count() runs on every start (capacity checks): kept by triggers rather than counted over an index.
+  CREATE TABLE carve_counts (bucket TEXT PRIMARY KEY, n INTEGER NOT NULL) STRICT;
+  INSERT INTO carve_counts VALUES ('receiving', 0), ('complete', 0);
+  CREATE TRIGGER carves_counted_insert AFTER INSERT ON carves BEGIN
+    UPDATE carve_counts SET n = n + 1 WHERE bucket = ${BUCKET("NEW")};
+  END;
+  CREATE TRIGGER carves_counted_delete AFTER DELETE ON carves BEGIN
+    UPDATE carve_counts SET n = n - 1 WHERE bucket = ${BUCKET("OLD")};
+  END;
+  CREATE TRIGGER carves_counted_update AFTER UPDATE OF state ON carves BEGIN
+    UPDATE carve_counts SET n = n - 1 WHERE bucket = ${BUCKET("OLD")};
+    UPDATE carve_counts SET n = n + 1 WHERE bucket = ${BUCKET("NEW")};
+  END;
+
+  CREATE TABLE audit (
+    id       TEXT PRIMARY KEY,
+    at       INTEGER NOT NULL,
+    action   TEXT NOT NULL,
+    result   TEXT NOT NULL,
+    actor    TEXT NOT NULL,
+    client   TEXT NOT NULL,
+    carve_id TEXT,
+    detail   TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX audit_at ON audit (at DESC, id DESC);
+  CREATE INDEX audit_carve ON audit (carve_id, at DESC, id DESC);
+  CREATE INDEX audit_action ON audit (action, at DESC, id DESC);
+
+  `,
+];
+
+export function storageFailure(err: unknown, what: string): AppError {
+  if (err instanceof AppError) return err;
+  return new AppError("STORAGE_UNAVAILABLE", undefined, { cause: Object.assign(new Error(what), { cause: err }) });
+}
+
+/**
+ * Opens <dataDir>/catalog.sqlite, creating it (mode 0640, like the archives) and its schema when needed.
+ * @throws AppError STORAGE_UNAVAILABLE when the file cannot be opened or was written by a newer release.
+ */
+export function openCatalogDatabase(dataDir: string): Database.Database {
+  const file = path.join(path.resolve(dataDir), CATALOG_FILE);
+  let db: Database.Database | null = null;
+  try {
+    mkdirSync(path.dirname(file), { recursive: true });
+    // SQLite gives its -wal and -shm files the database file's mode.
+    closeSync(openSync(file, "a", 0o640));
+    db = new Database(file, { timeout: BUSY_TIMEOUT_MS });
+    db.pragma("journal_mode = WAL");
+    db.pragma("synchronous = FULL");
+    const conn = db;
+    conn
+      .transaction(() => {
+        const version = conn.pragma("user_version", { simple: true }) as number;
+        if (version > SCHEMA.length) {
+          throw new Error(`${file} has schema version ${version}, newer than this release's ${SCHEMA.length}`);
+        }
+        for (let v = version; v < SCHEMA.length; v++) conn.exec(SCHEMA[v] as string);
+        if (version !== SCHEMA.length) conn.pragma(`user_version = ${SCHEMA.length}`);
+      })
+      .immediate();
+    return db;
+  } catch (err) {
+    db?.close();
+    throw storageFailure(err, `open ${file}`);
+  }
+}
