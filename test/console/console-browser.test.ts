@@ -204,7 +204,7 @@ describe("web console", () => {
     await page.getByLabel("Action").selectOption("carve.delete");
     await page.getByRole("button", { name: "Apply filters" }).click();
     await page.locator('tr[data-audit-action="carve.delete"]').first().waitFor(WAIT);
-    const actions = await page.locator("tr[data-audit-action]").evaluateAll((rows) => rows.map((r) => r.getAttribute("data-audit-action")));
+    const actions = await Promise.all((await page.locator("tr[data-audit-action]").all()).map((r) => r.getAttribute("data-audit-action")));
     expect(new Set(actions)).toEqual(new Set(["carve.delete"]));
     expect(await page.locator("table.audit").textContent()).toContain("oidc-alice");
     await expectNoSeriousViolations(page, "audit page");

@@ -31,9 +31,9 @@ let axeSource: string | null = null;
 export async function seriousAxeViolations(page: Page): Promise<AxeViolation[]> {
   axeSource ??= await readFile(path.join(ROOT, "node_modules/axe-core/axe.min.js"), "utf8");
   await page.evaluate(`${axeSource}\n;void 0`);
-  const violations = (await page.evaluate(`axe.run(document, { resultTypes: ["violations"] }).then((r) => r.violations.map((v) => ({
+  const violations = await page.evaluate<AxeViolation[]>(`axe.run(document, { resultTypes: ["violations"] }).then((r) => r.violations.map((v) => ({
     id: v.id, impact: v.impact, help: v.help,
     nodes: v.nodes.map((n) => ({ target: n.target, failureSummary: n.failureSummary })),
-  })))`)) as AxeViolation[];
+  })))`);
   return violations.filter((v) => v.impact === "serious" || v.impact === "critical");
 }
