@@ -84,14 +84,16 @@ export function consoleRouter(deps: { logger: Logger; dir?: string }): Router {
     deps.logger.warn({ dir }, "web console not built: /console/ answers 404 (npm run build)");
   }
   const router = express.Router();
-  router.get(["/console", "/console/{:name}"], (req, res) => {
+  // Everything under /console/ is answered here, found or not, with the same headers.
+  router.get(["/console", "/console/{*name}"], (req, res) => {
     if (req.path === "/console") {
       // Relative, so that a front serving the API under a path prefix keeps it.
       setSecurityHeaders(res);
       res.redirect(308, "console/");
       return;
     }
-    const name = typeof req.params.name === "string" ? req.params.name : "index.html";
+    const segments: unknown = req.params.name;
+    const name = Array.isArray(segments) && segments.length > 0 ? segments.join("/") : "index.html";
     const asset = assets.get(name);
     setSecurityHeaders(res);
     if (asset === undefined) {

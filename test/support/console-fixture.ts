@@ -56,6 +56,7 @@ export async function startConsoleFixture(): Promise<ConsoleFixture> {
   const work = await mkdtemp(path.join(tmpdir(), "console-"));
   const gates: GatedProxy[] = [];
   const uploads: Array<Promise<unknown>> = [];
+  const hostsUsed = new Set<string>();
   let browser: Browser;
   try {
     browser = await launchChromium();
@@ -68,7 +69,9 @@ export async function startConsoleFixture(): Promise<ConsoleFixture> {
   const carve: ConsoleFixture["carve"] = async (options = {}) => {
     const carveId = randomUUID();
     const host = options.host ?? "web-17";
-    const dir = path.join(work, carveId, host);
+    // Shown as the files' paths on the host: /tmp/console-*/hosts/<host>/etc/hosts.
+    const dir = path.join(work, "hosts", hostsUsed.has(host) ? `${host}-${carveId.slice(0, 8)}` : host);
+    hostsUsed.add(host);
     await mkdir(path.join(dir, "etc"), { recursive: true });
     await mkdir(path.join(dir, "var/log"), { recursive: true });
     const contents = [

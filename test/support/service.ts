@@ -45,7 +45,7 @@ export interface TestService extends RunningService {
  */
 export async function startTestService(
   env: Record<string, string> = {},
-  options: { vaultClock?: () => number; now?: () => Date } = {},
+  options: { vaultClock?: () => number; now?: () => Date; consoleDir?: string } = {},
 ): Promise<TestService> {
   const dataDir = env.CARVE_DATA_DIR ?? (await mkdtemp(path.join(tmpdir(), "carve-svc-")));
   const config = loadConfig({
@@ -75,7 +75,9 @@ export async function startTestService(
     options.vaultClock && config.vault.address
       ? await (await import("../../src/auth/vault/vault-authorizer.js")).VaultAuthorizer.create(config.vault, logger, options.vaultClock)
       : undefined;
-  const service = await startService({ config, logger, ...(authorizer ? { authorizer } : {}), ...(options.now ? { now: options.now } : {}) });
+  const service = await startService({ config, logger, ...(authorizer ? { authorizer } : {}), ...(options.now ? { now: options.now } : {}),
+    ...(options.consoleDir ? { consoleDir: options.consoleDir } : {}),
+  });
   return {
     ...service,
     store: storeOver(service.services),
