@@ -17,6 +17,7 @@ RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 COPY scripts ./scripts
+COPY console ./console
 RUN npm run build
 
 # --- deps: production dependencies only -----------------------------------------------------------------------------
@@ -34,6 +35,7 @@ ENV NODE_ENV=production \
 WORKDIR /app
 COPY --from=deps --chown=root:root /app/node_modules ./node_modules
 COPY --from=build --chown=root:root /app/dist/src ./dist/src
+COPY --from=build --chown=root:root /app/dist/console ./dist/console
 COPY --chown=root:root package.json ./
 COPY --chown=root:root conf/carve-server.yml ./conf/carve-server.yml
 # The code is root-owned and read-only to the service; only the data directory is its own.

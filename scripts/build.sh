@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# build.sh - compiles src/ and scripts/ into dist/ (tsc -p tsconfig.build.json) and records when.
+# build.sh - compiles src/ and scripts/ into dist/ (tsc -p tsconfig.build.json), bundles the web console
+# (console/, Preact + src/client/api-client.ts, with esbuild) into dist/console/, and records when.
 #
 # Usage:
 #   scripts/build.sh             # always compile (npm run build, npm test)
-#   scripts/build.sh --if-stale  # compile only when something under src/ or scripts/, a tsconfig or the
+#   scripts/build.sh --if-stale  # compile only when something under src/, scripts/ or console/, a tsconfig or the
 #                                # lock file changed since the last successful build (npm start, npm run
 #                                # emulate, npm run cleanup, npm run import-seed): a fresh dist/ costs no time
 #
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 stamp=dist/.build-stamp
 if [ "${1:-}" = "--if-stale" ] && [ -f "$stamp" ]; then
-  changed=$(find src scripts tsconfig.json tsconfig.build.json package-lock.json -newer "$stamp" -print -quit 2>/dev/null || true)
+  changed=$(find src scripts console tsconfig.json tsconfig.build.json package-lock.json -newer "$stamp" -print -quit 2>/dev/null || true)
   if [ -z "$changed" ]; then
     echo "build: dist/ is up to date" >&2
     exit 0
@@ -26,7 +27,17 @@ else
 fi
 mkdir -p dist
 started=$(mktemp dist/.build-started.XXXXXX)
-if node_modules/.bin/tsc -p tsconfig.build.json; then
+# The console: one ES module and one stylesheet, minified, no source maps (the service serves exactly the files
+# in dist/console; test/console/bundle.test.ts holds them under 150 KB gzipped).
+build_console() {
+  rm -rf dist/console
+  mkdir -p dist/console
+  node_modules/.bin/esbuild console/src/main.tsx --bundle --minify --format=esm --platform=browser --target=es2022 \
+    --tsconfig=console/tsconfig.json --outfile=dist/console/app.js --log-level=warning
+  node_modules/.bin/esbuild console/console.css --minify --outfile=dist/console/console.css --log-level=warning
+  cp console/index.html dist/console/index.html
+}
+if node_modules/.bin/tsc -p tsconfig.build.json && build_console; then
   # The package's commands (package.json "bin") run as programs: tsc keeps their #! line, not an execute bit.
   if [ -f dist/src/cli/carvectl.js ]; then chmod +x dist/src/cli/carvectl.js; fi
   mv "$started" "$stamp"

@@ -40,6 +40,8 @@ export interface StartOptions {
   /** Use this authorizer instead of the one built from `config.vault` (stop() still closes it). */
   authorizer?: Authorizer;
   now?: () => Date;
+  /** Where the built web console is (default dist/console). */
+  consoleDir?: string;
 }
 
 interface Listener {
@@ -152,6 +154,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       metrics,
       bodyWatch,
       ...(options.now ? { now: options.now } : {}),
+      ...(options.consoleDir ? { consoleDir: options.consoleDir } : {}),
     });
 
   const listeners: Listener[] = [];

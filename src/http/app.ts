@@ -15,13 +15,14 @@ import { sendJsonError } from "./json-error.js";
 import { httpLogger, requestIdOf } from "./logging.js";
 import type { Metrics } from "../metrics.js";
 import type { BodyWatch } from "./body-watch.js";
+import { consoleRouter } from "./console-routes.js";
+import { openApiRouter } from "./openapi-routes.js";
 import { responderRouter, type ResponderServices } from "./responder/index.js";
 
 /** What the handlers call (src/services/types.ts): none of them touches a store. */
 export interface AppServices extends ResponderServices {
   status: StorageStatus;
 }
-import { openApiRouter } from "./openapi-routes.js";
 
 export interface AppDeps {
   config: Config;
@@ -37,6 +38,8 @@ export interface AppDeps {
   metrics?: Metrics;
   /** Progress-based request timeouts: every request is watched until its body is complete. */
   bodyWatch?: BodyWatch;
+  /** The built web console (default dist/console). */
+  consoleDir?: string;
 }
 
 /** What a listener serves: the Express app, with block requests answered before it when it allows. */
@@ -121,6 +124,7 @@ function buildApp(deps: AppDeps): { app: Express; fastBlocks: AgentEndpoints["fa
   if (agent) app.use(agent.router);
 
   if (surfaces.responder) app.use(openApiRouter());
+  if (surfaces.responder) app.use(consoleRouter({ logger: deps.logger, ...(deps.consoleDir ? { dir: deps.consoleDir } : {}) }));
   if (surfaces.responder) app.use(
     responderRouter({
       services: deps.services,

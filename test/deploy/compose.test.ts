@@ -360,6 +360,12 @@ describe("Dockerfile", () => {
     );
   });
 
+  it("builds the web console and ships it beside the service", () => {
+    const finalStage = lines.slice(lines.map((l) => /^FROM\s/i.test(l)).lastIndexOf(true));
+    expect(lines).toContain("COPY console ./console");
+    expect(finalStage.some((l) => /^COPY\s+--from=\S+.*\/app\/dist\/console\s+\.\/dist\/console$/.test(l))).toBe(true);
+  });
+
   it("keeps keys, data and node_modules out of the build context", async () => {
     const ignored = (await readFile(path.join(ROOT, ".dockerignore"), "utf8")).split("\n").map((l) => l.trim());
     for (const entry of ["pki/", "data/", "node_modules/", ".git/", "**/*.key"]) expect(ignored).toContain(entry);

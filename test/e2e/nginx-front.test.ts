@@ -825,6 +825,11 @@ describe("NGINX front with a fleet manager, mutual TLS", () => {
         await expect.poll(() => svc.output.some((l) => l.includes(`"id":"${id}"`))).toBe(true);
       }
     }
+    // The web console, with the service's own security headers through the front.
+    const consolePage = await request(`${front.responderUrl}/console/`, { method: "GET", ca: pki.ca });
+    expect(consolePage.status).toBe(200);
+    expect(String(consolePage.headers["content-security-policy"])).toContain("frame-ancestors 'none'");
+    expect(consolePage.headers["referrer-policy"]).toBe("no-referrer");
     // The agent endpoints are not served there.
     const start = await request(`${front.responderUrl}/start_uploads`, {
       body: startBody(),

@@ -40,11 +40,12 @@ export interface TestService extends RunningService {
 /**
  * Starts the real service in this process on an ephemeral loopback port with its own data directory.
  * `vaultClock` replaces the Vault authorizer's clock (its decision cache windows), so a test steps over a
- * window instead of sleeping through it; `now` replaces the service's clock (starts, blocks, limits, retention).
+ * window instead of sleeping through it; `now` replaces the service's clock (a stalled carve turns incomplete
+ * when the test moves it on).
  */
 export async function startTestService(
   env: Record<string, string> = {},
-  options: { vaultClock?: () => number; now?: () => Date } = {},
+  options: { vaultClock?: () => number; now?: () => Date; consoleDir?: string } = {},
 ): Promise<TestService> {
   const dataDir = env.CARVE_DATA_DIR ?? (await mkdtemp(path.join(tmpdir(), "carve-svc-")));
   const config = loadConfig({
@@ -74,7 +75,9 @@ export async function startTestService(
     options.vaultClock && config.vault.address
       ? await (await import("../../src/auth/vault/vault-authorizer.js")).VaultAuthorizer.create(config.vault, logger, options.vaultClock)
       : undefined;
-  const service = await startService({ config, logger, ...(authorizer ? { authorizer } : {}), ...(options.now ? { now: options.now } : {}) });
+  const service = await startService({ config, logger, ...(authorizer ? { authorizer } : {}), ...(options.now ? { now: options.now } : {}),
+    ...(options.consoleDir ? { consoleDir: options.consoleDir } : {}),
+  });
   return {
     ...service,
     store: storeOver(service.services),
