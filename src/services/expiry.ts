@@ -154,7 +154,9 @@ export class ExpiryService implements Expiry {
         seen++;
         if (e.state !== "receiving") continue;
         const p = await this.deps.blobs.progress(sessionOf(e), 0);
-        if (p && p.blocksReceived === e.blockCount) {
+        // No staging left: a crash after the archive was published and before the catalog heard of it. The
+        // completion is idempotent: it finds the published archive (or fails, giving the claim back, if none).
+        if (p === null || p.blocksReceived === e.blockCount) {
           this.deps.logger.warn({ carveId: e.carveId }, "finishing a completion interrupted by a restart");
           if (await this.deps.completer.ensureComplete(sessionOf(e)).catch(() => false)) completed++;
         }

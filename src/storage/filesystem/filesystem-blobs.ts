@@ -175,6 +175,11 @@ export class FilesystemBlobs implements BlobStore {
   }
 
   private async load(session: Session): Promise<Upload | null> {
+    // A file in carves/ is a whole archive: staging beside it is a crash's leftover, never to be reopened.
+    if (await this.published(session.carveId)) {
+      await fsp.rm(this.sessionDir(session.carveId), { recursive: true, force: true });
+      return null;
+    }
     const upload = new Upload(session);
     let buf: Buffer;
     try {
