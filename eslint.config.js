@@ -2,7 +2,8 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/**", "node_modules/**", "data/**", "coverage/**", "eslint.config.js", ".dependency-cruiser.cjs"] },
+  // .tmp/: scratch and test tools (the schemathesis venv ships JavaScript of its own).
+  { ignores: ["dist/**", "node_modules/**", "data/**", "coverage/**", ".tmp/**", "eslint.config.js", ".dependency-cruiser.cjs"] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

@@ -28,7 +28,7 @@ fi
 mkdir -p dist
 started=$(mktemp dist/.build-started.XXXXXX)
 # The console: one ES module and one stylesheet, minified, no source maps (the service serves exactly the files
-# in dist/console; test/console/bundle.test.ts holds them under 150 KB gzipped).
+# in dist/console; test/console/console-assets.test.ts holds them under 150 KB gzipped).
 build_console() {
   rm -rf dist/console
   mkdir -p dist/console
@@ -38,6 +38,8 @@ build_console() {
   cp console/index.html dist/console/index.html
 }
 if node_modules/.bin/tsc -p tsconfig.build.json && build_console; then
+  # The package's commands (package.json "bin") run as programs: tsc keeps their #! line, not an execute bit.
+  if [ -f dist/src/cli/carvectl.js ]; then chmod +x dist/src/cli/carvectl.js; fi
   mv "$started" "$stamp"
 else
   rm -f "$started"

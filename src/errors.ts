@@ -97,16 +97,45 @@ export function isAppError(err: unknown): err is AppError {
   return err instanceof AppError;
 }
 
-/** Reduces an unknown error to fields that are safe to log (no request configs, no headers, no bodies). */
-export function safeErrorFields(err: unknown): { name?: string; code?: string | number; message?: string } {
-  if (err instanceof AppError) return { name: err.name, code: err.code, message: err.message };
-  if (err instanceof Error) {
+export interface SafeErrorFields {
+  name?: string;
+  code?: string | number;
+  message?: string;
+  cause?: SafeErrorFields;
+}
+
+/**
+ * Reduces an unknown error to fields that are safe to log (no request configs, no headers, no bodies), and its
+ * causes the same way (a few levels): a STORAGE_UNAVAILABLE then says what failed underneath (EACCES, a malformed
+ * database, a closed connection), which the operator needs and the client never sees.
+ */
+export function safeErrorFields(err: unknown, depth = 0): SafeErrorFields {
+  let fields: SafeErrorFields;
+  if (err instanceof AppError) fields = { name: err.name, code: err.code, message: err.message };
+  else if (err instanceof Error) {
     const code = (err as { code?: unknown }).code;
-    return {
+    fields = {
       name: err.name,
       ...(typeof code === "string" || typeof code === "number" ? { code } : {}),
       message: err.message,
     };
+  } else return { message: String(err) };
+  if (err.cause !== undefined && depth < 3) fields.cause = safeErrorFields(err.cause, depth + 1);
+  return fields;
+}
+
+/** An error and its causes in one line, for messages to a terminal: "storage temporarily unavailable: open x: EACCES ...". */
+export function describeError(err: unknown): string {
+  const parts: string[] = [];
+  for (let f: SafeErrorFields | undefined = safeErrorFields(err); f; f = f.cause) if (f.message) parts.push(f.message);
+  return parts.join(": ") || "unknown error";
+}
+
+/** Whether an error (or one of its causes) is storage that ran out of space: ENOSPC from the kernel, SQLITE_FULL. */
+export function isStorageFull(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (code === "ENOSPC" || code === "SQLITE_FULL" || code === "EDQUOT") return true;
   }
-  return { message: String(err) };
+  return false;
 }

@@ -1,5 +1,5 @@
 /**
- * npm run bench: drives the real carve service (each backend), a bare Node HTTP server and a Go carve server
+ * npm run bench: (--scenario catalog-scale: the catalog at scale, scripts/bench/catalog-scale.ts) drives the real carve service (each backend), a bare Node HTTP server and a Go carve server
  * of the kind osquery users run today with the same simulated osquery agents, and compares them.
  *
  *   npm run bench -- [--backend filesystem|gridfs|all] [--matrix full|quick|cpu] [--quick] [--out bench/results]
@@ -47,6 +47,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 
+import { catalogScaleCli } from "./catalog-scale.js";
 import { runDownloadBench, type DownloadBenchResult, type SlowReader } from "./download.js";
 import { evaluateDownloadGoals } from "./download-report.js";
 import { evaluateGoals } from "./goals.js";
@@ -99,6 +100,13 @@ const CPU: CaseDef[] = [
 const MATRICES: Record<string, CaseDef[]> = { full: FULL, quick: QUICK, cpu: CPU };
 
 const USAGE = `npm run bench -- [options]
+  --scenario upload|catalog-scale   upload (default): the upload matrix and downloads below; catalog-scale:
+                                    fill a store with --carves carves through the services, then time agent
+                                    starts, listings, the node filter, audit pages, start-up and RSS over HTTP
+    catalog-scale options: --storage filesystem|gridfs|all (default filesystem), --carves N (100000),
+      --gridfs-carves N (default 10000), --nodes N (5000), --fill-dir DIR (default /dev/shm; "none": fill on
+      disk in the tmp dir), --keep-data DIR, --reuse-data DIR, --starts N (300), --runs N (30 per query),
+      --startups N (3), --concurrency N (8)
   --backend filesystem|gridfs|all   service backends to run (default all); bare and Go run unless skipped
   --matrix full|quick|cpu           the cases: full (default), quick (a smoke run of about a minute), cpu
                                     (issue 16: 8 KiB x 10/50 agents, 1 MiB x 10/50 agents, seconds each)
@@ -204,12 +212,26 @@ async function main(): Promise<number> {
       "gridfs-download-size": { type: "string" },
       "slow-reader": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
+      scenario: { type: "string", default: "upload" },
+      storage: { type: "string", default: "filesystem" },
+      carves: { type: "string", default: "100000" },
+      "gridfs-carves": { type: "string", default: "10000" },
+      nodes: { type: "string", default: "5000" },
+      "fill-dir": { type: "string" },
+      "keep-data": { type: "string" },
+      "reuse-data": { type: "string" },
+      starts: { type: "string", default: "300" },
+      runs: { type: "string", default: "30" },
+      startups: { type: "string", default: "3" },
+      concurrency: { type: "string", default: "8" },
     },
   });
   if (values.help) {
     process.stdout.write(USAGE);
     return 0;
   }
+  if (values.scenario === "catalog-scale") return catalogScaleCli(values, { cleanups, cleanupAll, source: sourceState(), log });
+  if (values.scenario !== "upload") throw new Error(`--scenario must be upload or catalog-scale, not ${values.scenario}`);
   const backends: TargetKind[] =
     values.backend === "all"
       ? ["filesystem", "gridfs"]

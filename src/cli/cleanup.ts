@@ -11,7 +11,7 @@ import { parseArgs } from "node:util";
 import { pino } from "pino";
 import { ConfigError, loadConfig } from "../config/load.js";
 import { formatBytes } from "../config/sizes.js";
-import { safeErrorFields } from "../errors.js";
+import { describeError } from "../errors.js";
 import { createLogger } from "../logger.js";
 import { RetentionJob, type RetentionSummary } from "../jobs/retention.js";
 import { openServices } from "../services/deployment.js";
@@ -66,7 +66,7 @@ export async function main(argv: string[], out: (line: string) => void = (l) => 
   try {
     services = await openServices(config, logger);
   } catch (err) {
-    process.stderr.write(`cleanup: cannot open storage: ${safeErrorFields(err).message ?? "unknown error"}\n`);
+    process.stderr.write(`cleanup: cannot open storage: ${describeError(err)}\n`);
     return 3;
   }
   try {
@@ -80,7 +80,7 @@ export async function main(argv: string[], out: (line: string) => void = (l) => 
     }
     return summary.failed > 0 ? 1 : 0;
   } catch (err) {
-    process.stderr.write(`cleanup: run failed: ${safeErrorFields(err).message ?? "unknown error"}\n`);
+    process.stderr.write(`cleanup: run failed: ${describeError(err)}\n`);
     return 4;
   } finally {
     await services.close();

@@ -23,7 +23,7 @@ import { readdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfig } from "../config/load.js";
-import { isAppError, safeErrorFields } from "../errors.js";
+import { describeError, isAppError, safeErrorFields } from "../errors.js";
 import { createLogger, type Logger } from "../logger.js";
 import { openServices, type CarveServices } from "../services/deployment.js";
 import { buildAuditEvent, NO_CLIENT, systemActor } from "../services/audit-events.js";
@@ -217,7 +217,7 @@ export async function main(argv: string[], out: (line: string) => void = (l) => 
   try {
     services = await openServices(config, logger);
   } catch (err) {
-    process.stderr.write(`import-seed: cannot open storage: ${safeErrorFields(err).message ?? "unknown error"}\n`);
+    process.stderr.write(`import-seed: cannot open storage: ${describeError(err)}\n`);
     return 3;
   }
   const all: ImportOutcome[] = [];
@@ -230,7 +230,7 @@ export async function main(argv: string[], out: (line: string) => void = (l) => 
       all.push(...(await importSeedCarves(services, seedGridFsCarves(gridfs, database, bucket), opts)));
     }
   } catch (err) {
-    process.stderr.write(`import-seed: cannot read the seed's store: ${safeErrorFields(err).message ?? "unknown error"}\n`);
+    process.stderr.write(`import-seed: cannot read the seed's store: ${describeError(err)}\n`);
     await services.close();
     return 3;
   }

@@ -47,6 +47,15 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
   CARVE_MONGODB_URI: ["storage", "gridfs", "uri"],
   CARVE_MONGODB_DATABASE: ["storage", "gridfs", "database"],
   CARVE_GRIDFS_BUCKET: ["storage", "gridfs", "bucket"],
+  CARVE_BLOBS: ["storage", "blobs"],
+  CARVE_S3_ENDPOINT: ["storage", "s3", "endpoint"],
+  CARVE_S3_REGION: ["storage", "s3", "region"],
+  CARVE_S3_BUCKET: ["storage", "s3", "bucket"],
+  CARVE_S3_PREFIX: ["storage", "s3", "prefix"],
+  CARVE_S3_FORCE_PATH_STYLE: ["storage", "s3", "forcePathStyle"],
+  CARVE_S3_SSE: ["storage", "s3", "sse"],
+  CARVE_S3_SSE_KMS_KEY_ID: ["storage", "s3", "sseKmsKeyId"],
+  CARVE_S3_PART_SIZE: ["storage", "s3", "partSize"],
   VAULT_ADDR: ["vault", "address"],
   VAULT_NAMESPACE: ["vault", "namespace"],
   CARVE_VAULT_CA_FILE: ["vault", "caFile"],
@@ -68,7 +77,13 @@ export const ENV_OVERRIDES: Record<string, readonly string[]> = {
 };
 
 /** Keys whose environment value is a boolean. */
-const BOOLEAN_ENV = new Set(["CARVE_FSYNC_EACH_BLOCK", "CARVE_REQUIRE_SAME_CERTIFICATE", "CARVE_RETENTION_ENABLED", "CARVE_TLS_WATCH"]);
+const BOOLEAN_ENV = new Set([
+  "CARVE_FSYNC_EACH_BLOCK",
+  "CARVE_REQUIRE_SAME_CERTIFICATE",
+  "CARVE_RETENTION_ENABLED",
+  "CARVE_TLS_WATCH",
+  "CARVE_S3_FORCE_PATH_STYLE",
+]);
 
 export const DEFAULT_CONFIG_FILE = "conf/carve-server.yml";
 

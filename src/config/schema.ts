@@ -172,6 +172,11 @@ export const configSchema = z
     storage: z
       .strictObject({
         backend: z.enum(["filesystem", "gridfs"]).default("filesystem"),
+        /**
+         * Where completed archives go: "local" keeps them in the backend's own blob store (the data directory or
+         * GridFS); "s3" puts them in an S3 bucket, blocks being staged in that local store until completion.
+         */
+        blobs: z.enum(["local", "s3"]).default("local"),
         filesystem: z
           .strictObject({
             dataDir: z.string().min(1).default("./data"),
@@ -187,6 +192,36 @@ export const configSchema = z
             uri: z.string().regex(/^mongodb(\+srv)?:\/\//, "must be a mongodb:// or mongodb+srv:// URI").optional(),
             database: z.string().regex(/^[A-Za-z0-9_-]{1,63}$/, "plain latin letters, digits, _ and -").default("osquery_carves"),
             bucket: z.string().regex(/^[A-Za-z0-9_-]{1,63}$/, "plain latin letters, digits, _ and -").default("carves"),
+          })
+          .prefault({}),
+        s3: z
+          .strictObject({
+            /** S3-compatible endpoint (MinIO, Ceph, SeaweedFS); unset: AWS S3 of the region. */
+            endpoint: z
+              .string()
+              .regex(/^https?:\/\/[^\s/?#]+\/?$/, "must be an http:// or https:// URL without path or query")
+              .transform((e) => e.replace(/\/+$/, ""))
+              .optional(),
+            /** Unset: the AWS chain's (AWS_REGION, the shared config file's profile). */
+            region: z.string().regex(/^[a-z0-9-]{1,32}$/, "an AWS region name such as eu-west-1").optional(),
+            bucket: z
+              .string()
+              .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, "an S3 bucket name: 3-63 lower-case letters, digits, . and -")
+              .optional(),
+            /** Prepended to every object key: <prefix><carve_id>.tar[.zst]. */
+            prefix: z
+              .string()
+              .max(512)
+              .regex(/^(?!\/)[A-Za-z0-9!_.*'()/-]*$/, "letters, digits and ! _ . * ' ( ) / - only, not starting with /")
+              .default("carves/"),
+            /** Bucket in the path (http://host/bucket/key) rather than the host name: most S3-compatible servers. */
+            forcePathStyle: z.boolean().default(false),
+            /** Server-side encryption asked for every object: SSE-S3 (AES256) or SSE-KMS (aws:kms). */
+            sse: z.enum(["none", "AES256", "aws:kms"]).default("none"),
+            /** KMS key for aws:kms (unset: the bucket's or account's default key). */
+            sseKmsKeyId: z.string().min(1).optional(),
+            /** Size of the multipart upload parts a completion sends (raised for archives above 10,000 parts). */
+            partSize: byteSize(8 * 1024 * 1024, 64 * 1024 * 1024).default(8 * 1024 * 1024),
           })
           .prefault({}),
       })
@@ -283,6 +318,16 @@ export const configSchema = z
         path: ["storage", "gridfs", "uri"],
         message: "required when storage.backend is gridfs (CARVE_MONGODB_URI)",
       });
+    }
+    if (c.storage.blobs === "s3" && !c.storage.s3.bucket) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["storage", "s3", "bucket"],
+        message: "required when storage.blobs is s3 (CARVE_S3_BUCKET)",
+      });
+    }
+    if (c.storage.s3.sseKmsKeyId && c.storage.s3.sse !== "aws:kms") {
+      ctx.addIssue({ code: "custom", path: ["storage", "s3", "sseKmsKeyId"], message: "only with sse aws:kms (CARVE_S3_SSE)" });
     }
     if (c.agent.startPath === c.agent.continuePath) {
       ctx.addIssue({

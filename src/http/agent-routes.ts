@@ -122,10 +122,13 @@ export function agentEndpoints(
     isShuttingDown?: () => boolean;
     /** Progress-based timeouts; agent bodies are held to its minimum rate. */
     bodyWatch?: BodyWatch | undefined;
+    /** The service's clock, the one carves' start times come from. */
+    now?: (() => Date) | undefined;
   },
   options: AgentRoutesOptions,
 ): AgentEndpoints {
   const metrics = deps.metrics;
+  const now = deps.now ?? ((): Date => new Date());
   const router = express.Router();
   // The request log shows these paths as they are; anything else POSTed has its first segment (where
   // --tls_node_api agents put their node key) masked.
@@ -218,7 +221,7 @@ export function agentEndpoints(
       }
       if (outcome.completedNow) {
         metrics?.sessionsCompleted.inc();
-        metrics?.completionSeconds.observe((Date.now() - outcome.session.createdAt.getTime()) / 1000);
+        metrics?.completionSeconds.observe((now().getTime() - outcome.session.createdAt.getTime()) / 1000);
       }
       replyBlockAccepted(res);
       return true;

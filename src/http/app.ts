@@ -84,7 +84,7 @@ function buildApp(deps: AppDeps): { app: Express; fastBlocks: AgentEndpoints["fa
   const surfaces = deps.surfaces ?? { agent: true, responder: true };
   const agent = surfaces.agent
     ? agentEndpoints(
-        { carves: deps.carves, logger: deps.logger, metrics: deps.metrics, isShuttingDown, bodyWatch: deps.bodyWatch },
+        { carves: deps.carves, logger: deps.logger, metrics: deps.metrics, isShuttingDown, bodyWatch: deps.bodyWatch, now: deps.now },
         {
           startPath: config.agent.startPath,
           continuePath: config.agent.continuePath,

@@ -4,6 +4,7 @@ import busboy from "busboy";
 import { AppError } from "../errors.js";
 import { HOST_NOT_HASHED, IMPORT_FIELDS, IMPORT_FILE_FIELD, SHA256_HEX, shown } from "./responder-schemas.js";
 
+export { IMPORT_FIELDS, IMPORT_FILE_FIELD };
 export type ImportField = keyof typeof IMPORT_FIELDS;
 
 /** Bytes of one field value busboy keeps (UTF-8: up to 4 bytes a character of the longest field). */

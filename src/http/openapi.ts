@@ -1,5 +1,6 @@
 import { z } from "zod";
-import { API_VERSION, contractRegistry, EXAMPLE_CARVE_ID, operations, parameterOverrides, type ContractHeader, type ContractOperation } from "./api-contract.js";
+import { API_VERSION, contractRegistry, EXAMPLE_CARVE_ID, parameterOverrides } from "./api-contract.js";
+import { operations, type ContractHeader, type ContractOperation } from "./api-operations.js";
 
 type Json = Record<string, unknown>;
 

@@ -119,13 +119,18 @@ function hasControlCharacter(text: string): boolean {
 }
 
 /**
- * PUT /api/v1/carves/:carve_id/hold: `{"reason": "..."}` (an empty body reads as `{}`), as UTF-8 text (this
- * module is also compiled for the browser console: no Buffer). Returns the reason, trimmed. @throws AppError INVALID_QUERY
+ * PUT /api/v1/carves/:carve_id/hold: `{"reason": "..."}` (an empty body reads as `{}`). Returns the reason,
+ * trimmed. @throws AppError INVALID_QUERY
  */
-export function holdReasonOf(body: string): string {
+/** A request body's bytes, as far as these parsers need them (no Node type: the browser client imports this module). */
+export interface BodyBytes {
+  toString(encoding: "utf8"): string;
+}
+
+export function holdReasonOf(body: BodyBytes): string {
   let reason: unknown;
   try {
-    reason = (JSON.parse(body || "{}") as { reason?: unknown }).reason;
+    reason = (JSON.parse(body.toString("utf8") || "{}") as { reason?: unknown }).reason;
   } catch {
     throw new AppError("INVALID_QUERY", 'body must be JSON: {"reason": "..."}');
   }
@@ -141,10 +146,10 @@ export function holdReasonOf(body: string): string {
  * it in lower case. @throws AppError INVALID_JSON, INVALID_QUERY (another field), INVALID_SHA256,
  *   HOST_SHA256_UNAVAILABLE (the host recorded -1)
  */
-export function claimedSha256Of(body: string): string {
+export function claimedSha256Of(body: BodyBytes): string {
   let json: unknown;
   try {
-    json = JSON.parse(body);
+    json = JSON.parse(body.toString("utf8"));
   } catch {
     throw new AppError("INVALID_JSON", 'expected {"sha256": "<the host\'s carves.sha256>"}');
   }

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { AppError } from "../errors.js";
+import { AppError, isStorageFull } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { BlobStore, CarveCatalog, CatalogEntry } from "../storage/contracts.js";
 import type { CarveRecord, LegalHold, Verification } from "../storage/model.js";
@@ -24,6 +24,19 @@ export async function removeCarve(
   return freed;
 }
 
+/**
+ * Runs a custody write; when it finds the storage full, the deployment's custody reserve (if any) is released and
+ * the write tried once more: holds, verifications and their audit must keep working on a full disk.
+ */
+export async function withCustodyRoom<T>(releaseReserve: (() => boolean) | undefined, write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (err) {
+    if (!isStorageFull(err) || !releaseReserve?.()) throw err;
+    return write();
+  }
+}
+
 export class CustodyService implements Custody {
   constructor(
     private readonly deps: {
@@ -33,8 +46,13 @@ export class CustodyService implements Custody {
       sessions: SessionCache;
       logger: Logger;
       now: () => Date;
+      releaseReserve?: () => boolean;
     },
   ) {}
+
+  private room<T>(write: () => Promise<T>): Promise<T> {
+    return withCustodyRoom(this.deps.releaseReserve, write);
+  }
 
   private async recordAfter(entry: CatalogEntry | null): Promise<CarveRecord> {
     if (!entry) throw new AppError("CARVE_NOT_FOUND");
@@ -44,7 +62,7 @@ export class CustodyService implements Custody {
   async placeHold(carveId: string, hold: LegalHold): Promise<CarveRecord> {
     await this.deps.reads.entry(carveId);
     // One conditional update: two responders placing holds at once cannot both succeed.
-    const placed = await this.deps.catalog.update(carveId, { states: VISIBLE, unheld: true }, { hold: { ...hold } });
+    const placed = await this.room(() => this.deps.catalog.update(carveId, { states: VISIBLE, unheld: true }, { hold: { ...hold } }));
     if (placed) return this.recordAfter(placed);
     const current = await this.deps.reads.entry(carveId);
     if (current.hold) throw new AppError("HOLD_EXISTS");
@@ -53,12 +71,12 @@ export class CustodyService implements Custody {
 
   async releaseHold(carveId: string): Promise<CarveRecord> {
     await this.deps.reads.entry(carveId);
-    return this.recordAfter(await this.deps.catalog.update(carveId, { states: VISIBLE }, { hold: null }));
+    return this.recordAfter(await this.room(() => this.deps.catalog.update(carveId, { states: VISIBLE }, { hold: null })));
   }
 
   async recordVerification(carveId: string, verification: Verification): Promise<CarveRecord> {
     await this.deps.reads.entry(carveId);
-    const entry = await this.deps.catalog.update(carveId, { states: VISIBLE }, { addVerification: { ...verification } });
+    const entry = await this.room(() => this.deps.catalog.update(carveId, { states: VISIBLE }, { addVerification: { ...verification } }));
     return this.recordAfter(entry);
   }
 

@@ -39,9 +39,10 @@ export class CarveServices implements StorageStatus {
     const now = this.now;
     this.reads = new CarveReadsService({ catalog, blobs });
     this.completer = new Completer({ catalog, blobs, logger, now, ...options.completion });
-    this.custody = new CustodyService({ catalog, blobs, reads: this.reads, sessions: this.sessions, logger, now });
+    const releaseReserve = storage.releaseReserve;
+    this.custody = new CustodyService({ catalog, blobs, reads: this.reads, sessions: this.sessions, logger, now, ...(releaseReserve ? { releaseReserve } : {}) });
     this.imports = new ImportService({ catalog, blobs, reads: this.reads, logger, now });
-    this.audit = new AuditTrailService(storage.audit);
+    this.audit = new AuditTrailService(storage.audit, releaseReserve);
     this.expiry = new ExpiryService({ catalog, blobs, completer: this.completer, sessions: this.sessions, logger, now });
   }
 

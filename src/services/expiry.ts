@@ -67,8 +67,8 @@ export class ExpiryService implements Expiry {
         { state: "deleting", claim: token, stateSince: now },
       );
       if (!taken) return kept;
-      await removeCarve(this.deps, taken, token);
-      return { deleted: true, bytesFreed: 0 };
+      // What the dead delete left on disk (all of it, or what it had not removed yet) is freed now.
+      return { deleted: true, bytesFreed: await removeCarve(this.deps, taken, token) };
     }
     if (entry.hold) return kept;
     if (entry.state === "complete") {

@@ -129,20 +129,7 @@ export class IngestService {
         `block_count ${cmd.blockCount} != ceil(carve_size / block_size) = ${expectedCount}`,
       );
     }
-    if (limits.minFreeBytes !== undefined && limits.minFreeBytes > 0) {
-      const free = await this.deps.blobs.freeBytes();
-      // Carves in progress will still write what they declared: that space is reserved, or three starts that
-      // each fit alone would all be accepted and fail half-way on a full disk.
-      const reserved = free === null ? 0 : await this.reservedBytes(cmd.carveId);
-      if (free !== null && free - reserved - cmd.carveSize < limits.minFreeBytes) {
-        this.deps.logger.warn(
-          { carveId: cmd.carveId, carveSize: cmd.carveSize, freeBytes: free, reservedBytes: reserved },
-          "start refused: storage almost full",
-        );
-        throw new AppError("INSUFFICIENT_STORAGE", `${cmd.carveSize} bytes would leave less than the configured minimum free`);
-      }
-    }
-    await this.checkCapacity(cmd);
+    await this.checkLimits(cmd);
     const nodeKeySha256 = nodeKeyDigest(cmd.nodeKey);
     const { session, created } = await this.createSession(cmd, nodeKeySha256);
     if (!created) {
@@ -236,11 +223,42 @@ export class IngestService {
   }
 
   /**
+   * The free-storage reserve and the carve caps. The catalog's upper bounds (every carve being received, active or
+   * not, at its declared size) clear almost every start in one indexed read; only a start they do not clear pays
+   * for the exact checks, which ask the blob store about each carve being received.
+   * @throws AppError INSUFFICIENT_STORAGE, TOO_MANY_CARVES, TOO_MANY_CARVES_FOR_AGENT
+   */
+  private async checkLimits(cmd: StartCommand): Promise<void> {
+    const { limits } = this.deps;
+    const minFree = limits.minFreeBytes ?? 0;
+    const maxAll = limits.maxReceiving ?? 0;
+    const maxAgent = limits.maxReceivingPerAgent ?? 0;
+    if (minFree <= 0 && maxAll <= 0 && maxAgent <= 0) return;
+    const [load, free] = await Promise.all([
+      this.deps.catalog.receivingLoad(cmd.agent),
+      minFree > 0 ? this.deps.blobs.freeBytes() : Promise.resolve(null),
+    ]);
+    // Carves in progress will still write what they declared: that space is reserved, or three starts that
+    // each fit alone would all be accepted and fail half-way on a full disk.
+    if (free !== null && free - load.declaredBytes - cmd.carveSize < minFree) {
+      const reserved = await this.reservedBytes(cmd.carveId);
+      if (free - reserved - cmd.carveSize < minFree) {
+        this.deps.logger.warn(
+          { carveId: cmd.carveId, carveSize: cmd.carveSize, freeBytes: free, reservedBytes: reserved },
+          "start refused: storage almost full",
+        );
+        throw new AppError("INSUFFICIENT_STORAGE", `${cmd.carveSize} bytes would leave less than the configured minimum free`);
+      }
+    }
+    if ((maxAll > 0 && load.carves >= maxAll) || (maxAgent > 0 && load.fromAgent >= maxAgent)) await this.checkCapacity(cmd);
+  }
+
+  /**
    * Bytes still to come for carves being received (declared size minus bytes received), except `carveId`'s own
    * (a retried start). Carves idle past `activeWithinMs` are abandoned and reserve nothing.
    */
   private async reservedBytes(carveId: string): Promise<number> {
-    const since = Date.now() - (this.deps.limits.activeWithinMs ?? Number.POSITIVE_INFINITY);
+    const since = this.deps.now().getTime() - (this.deps.limits.activeWithinMs ?? Number.POSITIVE_INFINITY);
     let reserved = 0;
     let cursor: string | undefined;
     for (let pages = 0; pages < 20; pages++) {
@@ -265,7 +283,8 @@ export class IngestService {
     if (!maxReceiving && !maxReceivingPerAgent) return;
     const cap = Math.max(maxReceiving ?? 0, maxReceivingPerAgent ?? 0);
     const page = await this.deps.reads.list({ status: "receiving", limit: Math.max(cap, 1) * 4 + 1 });
-    const now = Date.now();
+    // The service's clock, as for the times it compares against (starts, last blocks), not the wall clock.
+    const now = this.deps.now().getTime();
     const since = now - (activeWithinMs ?? Number.POSITIVE_INFINITY);
     const unstartedBefore = now - (this.deps.limits.firstBlockWithinMs ?? Number.POSITIVE_INFINITY);
     if (page.carves.some((c) => c.carveId === cmd.carveId)) return; // a retried start: let the store answer it

@@ -28,8 +28,18 @@ export function sessionOf(entry: CatalogEntry): Session {
  */
 export function recordOf(entry: CatalogEntry, progress: UploadProgress | null): CarveRecord {
   const complete = entry.state === "complete";
+  // Field by field rather than `...sessionOf(entry)` and the rest: V8 builds a spread followed by this many
+  // properties on a slow path, ~20 us per record, which was most of a list page's CPU.
   return {
-    ...sessionOf(entry),
+    sessionId: entry.sessionId,
+    carveId: entry.carveId,
+    requestId: entry.requestId,
+    nodeKeySha256: entry.nodeKeySha256,
+    blockCount: entry.blockCount,
+    blockSize: entry.blockSize,
+    carveSize: entry.carveSize,
+    agent: copyAgent(entry.agent),
+    createdAt: entry.createdAt,
     status: complete ? "complete" : "receiving",
     updatedAt: complete ? (entry.completedAt ?? entry.stateSince) : (progress?.lastBlockAt ?? entry.createdAt),
     completedAt: complete ? entry.completedAt : null,

@@ -1,5 +1,6 @@
 import type { Readable } from "node:stream";
 import type {
+  AgentInfo,
   AuditEvent,
   AuditPage,
   AuditQuery,
@@ -86,6 +87,12 @@ export type EntryPatch = Partial<
   addVerification?: Verification;
 };
 
+export interface ReceivingLoad {
+  carves: number;
+  fromAgent: number;
+  declaredBytes: number;
+}
+
 export interface EntryPage {
   entries: CatalogEntry[];
   nextCursor: string | null;
@@ -143,6 +150,15 @@ export interface CarveCatalog {
 
   /** Visible entries by status, for capacity checks and metrics. */
   count(): Promise<{ receiving: number; complete: number }>;
+
+  /**
+   * Upper bounds for the limits a start is checked against, from the catalog alone (the blob store knows which
+   * of these are still active and how much they received): receiving entries (completing included), those
+   * from `agent`, and the sum of their declared carve sizes. An entry is from `agent` when it has the same
+   * certificate fingerprint, or, for an agent without a certificate, no certificate and the same address
+   * (agentKeyOf in src/services/ingest.ts). One read of the receiving entries' index, never of every carve.
+   */
+  receivingLoad(agent: AgentInfo): Promise<ReceivingLoad>;
 
   health(): Promise<StoreHealth>;
   close(): Promise<void>;
@@ -287,6 +303,11 @@ export interface Storage {
   audit: AuditLog;
   /** This process alone uses the storage (the filesystem data directory's lock): any claim left is a dead one's. */
   exclusive: boolean;
+  /**
+   * Frees disk kept back for custody, when a custody write (hold, verification, audit event) found the storage
+   * full; false when there is none (or the backend manages its own space). Block writes pause meanwhile.
+   */
+  releaseReserve?: () => boolean;
   /** Closes all three and what they share (a database connection, the directory lock). */
   close(): Promise<void>;
 }

@@ -45,6 +45,7 @@ export async function openFilesystemStorage(options: FilesystemStorageOptions): 
       blobs,
       audit,
       exclusive: true,
+      releaseReserve: () => blobs.releaseReserve(),
       close: async () => {
         await audit.close();
         await catalog.close();
@@ -107,6 +108,14 @@ export async function openMongoStorage(options: MongoStorageOptions): Promise<St
 
 /** Opens the configured deployment. @throws Error when it cannot be opened (reported before listening). */
 export async function openStorage(config: Config, logger: Logger, now?: () => Date): Promise<Storage> {
+  const storage = await openDeployment(config, logger, now);
+  if (config.storage.blobs !== "s3") return storage;
+  // Archives on S3: the deployment's own blob store stages the blocks (loaded only when configured).
+  const { withS3Archives } = await import("./s3/open-s3.js");
+  return withS3Archives(storage, config.storage.s3, logger.child({ component: "s3-blobs" }));
+}
+
+async function openDeployment(config: Config, logger: Logger, now?: () => Date): Promise<Storage> {
   switch (config.storage.backend) {
     case "filesystem":
       return openFilesystemStorage({

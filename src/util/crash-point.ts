@@ -21,6 +21,10 @@ export const CRASH_POINTS = [
   "complete.after-publish",
   /** Completion: the catalog record says complete; staging (journal, session index) is not yet cleaned up. */
   "complete.after-record",
+  /** Object-store completion: some parts of the multipart upload are sent; the object does not exist yet. */
+  "object.mid-upload",
+  /** Object-store completion: the object is uploaded and confirmed; the staging is not yet deleted. */
+  "object.after-upload",
   /** Deletion: the record is marked for deletion; the bytes are still there. */
   "delete.after-mark",
   /** Deletion: the bytes are gone; the record is not. */

@@ -64,6 +64,8 @@ describe("configuration", () => {
         backend: "filesystem",
         filesystem: { dataDir: "./data", fsyncEachBlock: false, minFreeBytes: 1024 ** 3 },
         gridfs: { database: "osquery_carves", bucket: "carves" },
+        blobs: "local",
+        s3: { prefix: "carves/", forcePathStyle: false, sse: "none", partSize: 8 * 1024 * 1024 },
       },
       vault: {
         timeoutMs: 5000,

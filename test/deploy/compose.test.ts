@@ -32,6 +32,8 @@ interface ComposeService {
   networks?: string[] | Record<string, { ipv4_address?: string } | null>;
   depends_on?: string[] | Record<string, { condition?: string }>;
   user?: string;
+  profiles?: string[];
+  healthcheck?: { test: string[] };
 }
 
 interface Compose {
@@ -40,6 +42,13 @@ interface Compose {
 }
 
 let compose: Compose;
+
+/** Variables of the standard AWS credential chain the service reads through the AWS SDK (S3 blobs). */
+const AWS_CHAIN = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
+
+function configFor(env: Record<string, string>) {
+  return loadConfig({ env: { ...env, CARVE_CONFIG: path.join(ROOT, "conf/carve-server.yml") }, cwd: ROOT });
+}
 
 /** Compose interpolation of `${NAME:-default}` / `${NAME-default}` / `${NAME}` with an empty environment. */
 function interpolate(value: string): string {
@@ -119,7 +128,7 @@ beforeAll(async () => {
 
 describe("docker-compose.yml", () => {
   it("parses and runs nginx, the service, MongoDB and Vault from official images, plus a Vault init step", () => {
-    expect(Object.keys(compose.services).sort()).toEqual(["carve-server", "mongo", "nginx", "vault", "vault-init"]);
+    expect(Object.keys(compose.services).sort()).toEqual(["carve-server", "mongo", "nginx", "s3", "vault", "vault-init"]);
     expect(service("nginx").image).toMatch(/^nginx:/);
     expect(service("mongo").image).toMatch(/^mongo:/);
     expect(service("vault").image).toMatch(/^hashicorp\/vault:/);
@@ -160,13 +169,38 @@ describe("docker-compose.yml", () => {
 
   it("gives the service only environment variables it knows, and a configuration it accepts (GridFS on mongo)", () => {
     const env = environmentOf(service("carve-server"));
-    const unknown = Object.keys(env).filter((k) => !Object.hasOwn(ENV_OVERRIDES, k));
+    const unknown = Object.keys(env).filter((k) => !Object.hasOwn(ENV_OVERRIDES, k) && !AWS_CHAIN.includes(k));
     expect(unknown).toEqual([]);
+    expect(configFor(env).storage.blobs).toBe("local");
     const config = loadConfig({ env: { ...env, CARVE_CONFIG: path.join(ROOT, "conf/carve-server.yml") }, cwd: ROOT });
     expect(config.storage.backend).toBe("gridfs");
     expect(new URL(config.storage.gridfs.uri ?? "").hostname).toBe("mongo");
     expect(config.server.host).toBe("0.0.0.0");
     expect(config.agent.requireSameCertificate).toBe(true);
+  });
+
+  it("has an optional s3 profile: an S3 server the service's S3 settings name, with the same credentials, off by default", () => {
+    const s3 = service("s3");
+    expect(s3.profiles).toEqual(["s3"]);
+    expect(s3.image).toMatch(/^chrislusf\/seaweedfs:\d+\.\d+$/);
+    expect(s3.ports).toBeUndefined();
+    expect(s3.networks).toEqual(["backend"]);
+    const env = environmentOf(service("carve-server"));
+    const withS3 = configFor({ ...env, CARVE_BLOBS: "s3" });
+    expect(withS3.storage.blobs).toBe("s3");
+    const endpoint = new URL(withS3.storage.s3.endpoint ?? "");
+    expect(endpoint.hostname).toBe("s3");
+    expect(endpoint.port).toBe("8333");
+    expect(withS3.storage.s3.forcePathStyle).toBe(true);
+    const s3env = environmentOf(s3);
+    expect(s3env.S3_BUCKET).toBe(withS3.storage.s3.bucket);
+    expect(s3env.AWS_ACCESS_KEY_ID).toBe(env.AWS_ACCESS_KEY_ID);
+    expect(s3env.AWS_SECRET_ACCESS_KEY).toBe(env.AWS_SECRET_ACCESS_KEY);
+    expect(s3.command).toContain("mini");
+    // The service waits for it only when the profile is on.
+    const deps = service("carve-server").depends_on as Record<string, { condition?: string; required?: boolean }>;
+    expect(deps.s3).toEqual({ condition: "service_healthy", required: false });
+    expect(s3.healthcheck?.test.join(" ")).toContain("8333/healthz");
   });
 
   it("trusts exactly NGINX's fixed address, on an internal network the service shares only with its backends", () => {

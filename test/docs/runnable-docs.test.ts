@@ -6,7 +6,7 @@
  */
 import { execFile } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -51,6 +51,9 @@ beforeAll(async () => {
   vault.addToken(ADMIN, { policies: ["osquery-carve-admin", "osquery-carve-download"], displayName: "userpass-admin" });
   dataDir = await mkdtemp(path.join(tmpdir(), "runnable-docs-data-"));
   scratch = await mkdtemp(path.join(tmpdir(), "runnable-docs-work-"));
+  // carvectl on PATH, as `npm link` (or a global install of the package) puts it.
+  await mkdir(path.join(scratch, ".bin"));
+  await symlink(path.join(ROOT, "dist/src/cli/carvectl.js"), path.join(scratch, ".bin/carvectl"));
   svc = await spawnService({ CARVE_DATA_DIR: dataDir, VAULT_ADDR: vault.url, LOG_LEVEL: "warn" });
   let out = "";
   const code = await cliMain(["--url", svc.url, "--file", "/etc/hosts", "--block-size", "8192", "--json"], {
@@ -93,7 +96,7 @@ describe("runnable documentation", () => {
         cwd: scratch,
         timeout: 120_000,
         env: {
-          PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin`,
+          PATH: `${path.join(scratch, ".bin")}:${process.env.PATH ?? ""}:/usr/sbin:/sbin`,
           HOME: process.env.HOME ?? scratch,
           VAULT_TOKEN: READER,
           ADMIN_TOKEN: ADMIN,

@@ -11,6 +11,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCarve } from "../../scripts/emulator/index.js";
 import { sha256 } from "../support/carve-data.js";
+import { peekEntry } from "../support/catalog-peek.js";
 import { waitForMetric, waitForOutput } from "../support/child-service.js";
 import { freePort, spawnService, type ChildService } from "../support/service.js";
 
@@ -65,11 +66,7 @@ describe("kill -9 mid-carve", () => {
     expect(record).toEqual({ success: true });
     const stored = await readFile(path.join(dataDir, "carves", `${result.carveId}.tar`));
     expect(sha256(stored)).toBe(sha256(bytes));
-    const meta = JSON.parse(await readFile(path.join(dataDir, "meta", `${result.carveId}.json`), "utf8")) as {
-      status: string;
-      sha256: string;
-    };
-    expect(meta).toMatchObject({ status: "complete", sha256: sha256(bytes) });
+    expect(peekEntry(dataDir, result.carveId)).toMatchObject({ state: "complete", sha256: sha256(bytes) });
     svc.proc.kill("SIGTERM");
     expect(await svc.exited).toBe(0);
   });

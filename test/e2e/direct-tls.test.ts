@@ -7,7 +7,7 @@
 import { execFile } from "node:child_process";
 import { X509Certificate, randomBytes, randomUUID } from "node:crypto";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import https from "node:https";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -16,6 +16,8 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCarve } from "../../scripts/emulator/index.js";
 import { sha256 } from "../support/carve-data.js";
+import { peekEntry } from "../support/catalog-peek.js";
+import { storedCounts, type StoredCounts } from "../support/data-dir.js";
 import { ROOT, freePort } from "../support/service.js";
 
 const run = promisify(execFile);
@@ -74,8 +76,9 @@ async function issueExpiredAgent(): Promise<void> {
   await run("openssl", ["ca", "-batch", "-config", "ca.cnf", "-extensions", "ext", "-cert", path.join(pki, "ca.pem"), "-keyfile", path.join(pki, "ca.key"), "-in", "agent.csr", "-out", "agent.pem", "-startdate", "20200101000000Z", "-enddate", "20200102000000Z"], { cwd: dir });
 }
 
-async function metaCount(): Promise<number> {
-  return (await readdir(path.join(dataDir, "meta"))).length;
+/** Catalog entries, staged uploads and published archives: a handshake refused adds to none of them. */
+async function stored(): Promise<StoredCounts> {
+  return storedCounts(dataDir);
 }
 
 beforeAll(async () => {
@@ -151,11 +154,9 @@ describe("HTTPS and mutual TLS served directly", () => {
     const { id, bytes, status } = await carve("agents/agent-1");
     expect(status).toBe("SUCCESS");
     expect(sha256(await readFile(path.join(dataDir, "carves", `${id}.tar`)))).toBe(sha256(bytes));
-    const meta = JSON.parse(await readFile(path.join(dataDir, "meta", `${id}.json`), "utf8")) as {
-      agent: { certificate: { subjectDn: string; fingerprintSha256: string; source: string } };
-    };
+    const entry = peekEntry(dataDir, id);
     const x509 = new X509Certificate(await file("agents/agent-1.pem"));
-    expect(meta.agent.certificate).toEqual({
+    expect(entry?.agent.certificate).toEqual({
       subjectDn: expect.stringContaining("CN=agent-1") as string,
       fingerprintSha256: x509.fingerprint256,
       source: "tls",
@@ -172,7 +173,7 @@ describe("HTTPS and mutual TLS served directly", () => {
     ["a certificate from another CA", "other-ca/agent"],
     ["an expired certificate", "expired"],
   ])("refuses %s in the TLS handshake and stores nothing", async (_label, which) => {
-    const before = await metaCount();
+    const before = await stored();
     const creds =
       which === null
         ? {}
@@ -187,7 +188,7 @@ describe("HTTPS and mutual TLS served directly", () => {
       (e: NodeJS.ErrnoException) => ({ code: e.code ?? e.message }),
     );
     expect(error.code).toMatch(ALERT[which ?? "none"] as RegExp);
-    expect(await metaCount()).toBe(before);
+    expect(await stored()).toEqual(before);
   });
 
   it("refuses blocks from another certificate than the start's (binding on), non-JSON", async () => {

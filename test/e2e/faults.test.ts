@@ -23,10 +23,11 @@ import { GridFSBucket, MongoClient } from "mongodb";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { runCarve, ZSTD_MAGIC, type CarveRequestRecord } from "../../scripts/emulator/index.js";
 import { readAll, sha256 } from "../support/carve-data.js";
+import { peekEntriesInside, peekEntry, type PeekedEntry } from "../support/catalog-peek.js";
 import { spawnServiceWith, stopChild, waitForMetric, type WrappedChildService } from "../support/child-service.js";
 import { agentCountsAsSuccess, getJson } from "../support/raw-http.js";
 import { freePort } from "../support/service.js";
-import { openTmpfsNamespace, PAGE, tmpfsNamespaceProblem } from "../support/tmpfs-namespace.js";
+import { openTmpfsNamespace, PAGE, tmpfsNamespaceProblem, type TmpfsNamespace } from "../support/tmpfs-namespace.js";
 
 const run = promisify(execFile);
 const MONGO_SCRIPT = path.resolve(import.meta.dirname, "../../scripts/mongo-wire.sh");
@@ -59,14 +60,26 @@ function describeRequests(requests: CarveRequestRecord[]): string {
     .join(" ");
 }
 
-interface MetaFile {
-  status: string;
-  sha256: string | null;
-  sessionId: string;
+/** A filesystem deployment's catalog entry of a carve (catalog.sqlite, read-only beside the service). */
+function readEntry(dataDir: string, carveId: string): PeekedEntry {
+  const entry = peekEntry(dataDir, carveId);
+  if (!entry) throw new Error(`no catalog entry for ${carveId} in ${dataDir}`);
+  return entry;
 }
 
-async function readMeta(file: string): Promise<MetaFile> {
-  return JSON.parse(await readFile(file, "utf8")) as MetaFile;
+/** The catalog entry of a carve in a data directory on a namespace's tmpfs. */
+function readEntryInside(ns: TmpfsNamespace, carveId: string): PeekedEntry {
+  const entry = peekEntriesInside(ns.wrapper, ns.mountPoint).find((e) => e.carveId === carveId);
+  if (!entry) throw new Error(`no catalog entry for ${carveId} in the tmpfs`);
+  return entry;
+}
+
+/** The GridFS deployment's catalog: one document per carve in `<bucket>.carves` (src/storage/mongo/carve-doc.ts). */
+interface CarveDoc {
+  _id: string;
+  state: string;
+  claim: string | null;
+  sha256: string | null;
 }
 
 function gridfsEnv(uri: string, database: string): Record<string, string> {
@@ -113,12 +126,19 @@ async function expectStored(
   if (backend === "filesystem") {
     const dataDir = where.dataDir as string;
     expect(sha256(await readFile(path.join(dataDir, "carves", `${carveId}${ext}`))), carveId).toBe(sha256(bytes));
-    expect(await readMeta(path.join(dataDir, "meta", `${carveId}.json`))).toMatchObject({ status: "complete", sha256: sha256(bytes) });
+    expect(readEntry(dataDir, carveId)).toMatchObject({ state: "complete", sha256: sha256(bytes) });
   } else {
     const files = await gridfsArchives(where.uri as string, where.database as string, carveId);
     expect(files.map((f) => f.filename), carveId).toEqual([`${carveId}${ext}`]);
     expect(files[0]?.sha256).toBe(sha256(bytes));
     expect(sha256(files[0]?.bytes ?? Buffer.alloc(0))).toBe(sha256(bytes));
+    const client = await MongoClient.connect(where.uri as string);
+    try {
+      const doc = await client.db(where.database).collection<CarveDoc>("carves.carves").findOne({ _id: carveId });
+      expect(doc, carveId).toMatchObject({ state: "complete", sha256: sha256(bytes) });
+    } finally {
+      await client.close();
+    }
   }
 }
 
@@ -199,7 +219,7 @@ describe("kill -9 in the middle of several concurrent carves", { concurrent: tru
 });
 
 describe("kill -9 while a GridFS carve is being completed", { concurrent: true }, () => {
-  // The process dies after claiming the completion (session status "completing") and before finishing it;
+  // The process dies after claiming the completion (catalog entry "completing", with its claim) and before finishing it;
   // the restarted service sees the agent's retries of the last block.
   it("the agent's retries after the restart still complete the carve", async ({ expect, onTestFinished }) => {
     const uri = inject("mongoUri");
@@ -214,13 +234,13 @@ describe("kill -9 while a GridFS carve is being completed", { concurrent: true }
       await client.db(database).dropDatabase();
       await client.close();
     });
-    const sessions = client.db(database).collection<{ _id: string; status: string }>("carves.sessions");
+    const carves = client.db(database).collection<CarveDoc>("carves.carves");
     const bytes = randomBytes(64 * 65536 - 10);
     const carveId = randomUUID();
     const first = svc;
-    let statusAtCrash: string | undefined;
+    let atCrash: CarveDoc | null = null;
     const restarted = first.exited.then(async () => {
-      statusAtCrash = (await sessions.findOne({ _id: carveId }, { projection: { status: 1 } }))?.status;
+      atCrash = await carves.findOne({ _id: carveId });
       return spawnServiceWith({ env });
     });
     restarted.catch(() => undefined);
@@ -234,10 +254,10 @@ describe("kill -9 while a GridFS carve is being completed", { concurrent: true }
     });
     svc = await restarted;
     expect(first.output.join("")).toContain("crash-point: SIGKILL at complete.after-hash");
-    expect(statusAtCrash, "the claim the dead process left").toBe("completing");
+    expect(atCrash, "the claim the dead process left").toMatchObject({ state: "completing", claim: expect.any(String) as string, sha256: null });
     expect.soft(result.status, describeRequests(result.requests)).toBe("SUCCESS");
-    const after = await sessions.findOne({ _id: carveId }, { projection: { status: 1 } });
-    expect(after?.status, "the carve's status once the agent is done").toBe("complete");
+    const after = await carves.findOne({ _id: carveId });
+    expect(after, "the carve's state once the agent is done").toMatchObject({ state: "complete", claim: null, sha256: sha256(bytes) });
     await expectStored("gridfs", { uri, database }, carveId, bytes);
   });
 });
@@ -309,12 +329,13 @@ describe("filesystem storage failure: a full disk (tmpfs, kernel ENOSPC)", { con
       const newStartText = await newStart.text();
       expect(newStart.status).toBe(503);
       expect(newStartText.startsWith("refused: STORAGE_UNAVAILABLE: ") && !agentCountsAsSuccess(newStartText), newStartText).toBe(true);
-      expect((await readdir(ns.outside("meta"))).sort()).toEqual([`${carveId}.json`, `${done.carveId}.json`].sort());
+      expect(peekEntriesInside(ns.wrapper, ns.mountPoint).map((e) => e.carveId).sort()).toEqual([carveId, done.carveId].sort());
+      expect((await readdir(ns.outside("sessions"))).sort()).toEqual([carveId]);
 
       // Nothing stored is corrupted: the complete carve, and the 21 acknowledged blocks of the other.
       expect(sha256(await readFile(ns.outside("carves", `${done.carveId}.tar`)))).toBe(sha256(doneBytes));
-      expect(await readMeta(ns.outside("meta", `${done.carveId}.json`))).toMatchObject({ status: "complete", sha256: sha256(doneBytes) });
-      expect(await readMeta(ns.outside("meta", `${carveId}.json`))).toMatchObject({ status: "receiving", sha256: null });
+      expect(readEntryInside(ns, done.carveId)).toMatchObject({ state: "complete", sha256: sha256(doneBytes) });
+      expect(readEntryInside(ns, carveId)).toMatchObject({ state: "receiving", sha256: null });
       const part = await readFile(ns.outside("sessions", carveId, "data.part"));
       expect(part.subarray(0, 21 * 16384).equals(bytes.subarray(0, 21 * 16384))).toBe(true);
       expect((await readFile(ns.outside("sessions", carveId, "journal"))).length).toBe(21 * 8);
@@ -328,7 +349,7 @@ describe("filesystem storage failure: a full disk (tmpfs, kernel ENOSPC)", { con
       expect(second.status, describeRequests(second.requests)).toBe("SUCCESS");
       expect(second.sessionId).toBe(first.sessionId);
       expect(sha256(await readFile(ns.outside("carves", `${carveId}.tar`)))).toBe(sha256(bytes));
-      expect(await readMeta(ns.outside("meta", `${carveId}.json`))).toMatchObject({ status: "complete", sha256: sha256(bytes) });
+      expect(readEntryInside(ns, carveId)).toMatchObject({ state: "complete", sha256: sha256(bytes) });
       expect(sha256(await readFile(ns.outside("carves", `${done.carveId}.tar`)))).toBe(sha256(doneBytes));
     },
   );
@@ -369,12 +390,12 @@ describe("filesystem storage failure: a full disk (tmpfs, kernel ENOSPC)", { con
       // Expected: the retry, with space back, is stored and completes the carve.
       expect.soft(last.slice(1).map((r) => `${r.statusCode} ${r.body.trim()}`)).toEqual(['200 {"success":true}']);
       expect.soft(result.status).toBe("SUCCESS");
-      expect.soft(await readMeta(ns.outside("meta", `${carveId}.json`))).toMatchObject({ status: "complete", sha256: sha256(bytes) });
+      expect.soft(readEntryInside(ns, carveId)).toMatchObject({ state: "complete", sha256: sha256(bytes) });
 
       // Whatever the agent saw, the service must start again on this data directory and finish the carve.
       await stopChild(svc, "SIGKILL");
       svc = await spawnServiceWith({ env, wrapper: ns.wrapper });
-      expect(await readMeta(ns.outside("meta", `${carveId}.json`))).toMatchObject({ status: "complete", sha256: sha256(bytes) });
+      expect(readEntryInside(ns, carveId)).toMatchObject({ state: "complete", sha256: sha256(bytes) });
       expect(sha256(await readFile(ns.outside("carves", `${carveId}.tar`)))).toBe(sha256(bytes));
     },
   );
@@ -678,7 +699,7 @@ describe("slow and stalled clients", { concurrent: true }, () => {
       expect(stalled.closedAfterMs).toBeGreaterThanOrEqual(2_000);
       // Only block 1 is in the journal; the carve is not complete.
       expect((await readFile(path.join(dataDir, "sessions", session.carveId, "journal"))).length).toBe(8);
-      expect(await readMeta(path.join(dataDir, "meta", `${session.carveId}.json`))).toMatchObject({ status: "receiving" });
+      expect(readEntry(dataDir, session.carveId)).toMatchObject({ state: "receiving" });
       // The genuine block 0 sent again is stored (no conflict with anything half-received) and completes it.
       expect(await postBlock(svc.url, blockBody(session, 0, data.subarray(0, 1000)))).toEqual({ status: 200, text: '{"success":true}' });
       await expectStored("filesystem", { dataDir }, session.carveId, data);

@@ -6,7 +6,7 @@
  * --tls_node_api path form, rate limiting per certificate, the no-manager variant and the unsafe lab mode.
  */
 import { spawn, execFile, type ChildProcess } from "node:child_process";
-import { X509Certificate, randomBytes, randomUUID } from "node:crypto";
+import { X509Certificate, createHash, randomBytes, randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
@@ -22,6 +22,8 @@ import { buildCarveArchive, runCarve, type CarveTlsOptions } from "../../scripts
 import { blockBodyLimit } from "../../src/http/agent-routes.js";
 import { maskNodeKeyInUrl } from "../../src/http/logging.js";
 import { sha256 } from "../support/carve-data.js";
+import { peekEntries, peekEntry, type PeekedEntry } from "../support/catalog-peek.js";
+import { filesContaining } from "../support/data-dir.js";
 import { grpcFrame, startFleetManagerDouble, type FleetManagerDouble } from "../support/fleet-manager-double.js";
 import { ROOT, freePort, spawnService, type ChildService } from "../support/service.js";
 import { startVaultDouble, type VaultDouble } from "../support/vault-double.js";
@@ -350,25 +352,29 @@ let fleet: FleetManagerDouble;
 let vault: VaultDouble;
 const RESPONDER_TOKEN = `hvs.CAE${randomBytes(12).toString("hex")}`;
 
-interface MetaFile {
-  carveId: string;
-  nodeKey: string;
-  status: string;
-  sha256: string | null;
-  agent: {
-    address: string | null;
-    certificate?: { subjectDn: string; fingerprintSha256: string; source: string } | null;
-  };
+function assertCatalog(): void {
+  // peekEntry finds nothing in a catalog that is not there: "no entry" must mean an empty answer of the real one
+  if (!existsSync(path.join(dataDir, "catalog.sqlite"))) throw new Error(`no catalog.sqlite in ${dataDir}`);
 }
 
-async function readMeta(carveId: string): Promise<MetaFile | null> {
-  const file = path.join(dataDir, "meta", `${carveId}.json`);
-  return existsSync(file) ? (JSON.parse(await readFile(file, "utf8")) as MetaFile) : null;
+/** The carve's catalog entry (catalog.sqlite, read beside the running service), or null. */
+function readEntry(carveId: string): PeekedEntry | null {
+  assertCatalog();
+  return peekEntry(dataDir, carveId);
 }
 
+/** Everything stored for any carve: catalog entries, staged uploads (sessions/) and archives (carves/). */
 async function storedCarveIds(): Promise<string[]> {
-  const dir = path.join(dataDir, "meta");
-  return existsSync(dir) ? (await readdir(dir)).map((f) => f.replace(/\.json$/, "")).sort() : [];
+  assertCatalog();
+  return [
+    ...peekEntries(dataDir).map((e) => `catalog:${e.carveId}`),
+    ...(await readdir(path.join(dataDir, "sessions"))).map((n) => `sessions:${n}`),
+    ...(await readdir(path.join(dataDir, "carves"))).map((n) => `carves:${n}`),
+  ].sort();
+}
+
+function keyDigest(nodeKey: string): string {
+  return createHash("sha256").update(nodeKey, "utf8").digest("hex");
 }
 
 async function randomArchive(
@@ -472,8 +478,8 @@ describe("NGINX front with a fleet manager, mutual TLS", () => {
     });
     expect(result.status).toBe("SUCCESS");
     expect(result.blockCount).toBe(3);
-    const meta = await readMeta(carveId);
-    expect(meta?.status).toBe("complete");
+    const meta = readEntry(carveId);
+    expect(meta?.state).toBe("complete");
     expect(meta?.sha256).toBe(archive.sha256);
     expect(sha256(await storedBytes(carveId))).toBe(archive.sha256);
     expect(meta?.agent.certificate).toEqual({
@@ -552,7 +558,7 @@ describe("NGINX front with a fleet manager, mutual TLS", () => {
     });
     expect(start.status).toBe(200);
     expect(start.headers["x-request-id"]).toMatch(/^[0-9a-f]{32}$/);
-    const meta = await readMeta(carveId);
+    const meta = readEntry(carveId);
     expect(meta?.agent.certificate?.subjectDn).toBe("CN=agent-1,OU=agents,O=osquery-carve-server dev");
     expect(meta?.agent.certificate?.fingerprintSha256).toBe(fingerprint(agent("agent-1").cert));
     expect(meta?.agent.address).toBe("127.0.0.1");
@@ -602,8 +608,8 @@ describe("NGINX front with a fleet manager, mutual TLS", () => {
       expect(r.error).toBe("non-JSON reply");
       expect(r.body).toContain("413 Request Entity Too Large");
     }
-    const meta = await readMeta(carveId);
-    expect(meta?.status).toBe("receiving");
+    const meta = readEntry(carveId);
+    expect(meta?.state).toBe("receiving");
     expect(existsSync(path.join(dataDir, "carves", `${carveId}.tar`))).toBe(false);
     // The limit itself admits the largest block the service accepts (checked in the first test by carving one).
     expect(Number.parseInt(clientMaxBodySize(MAX_BLOCK), 10) * 1024).toBeGreaterThanOrEqual(blockBodyLimit(MAX_BLOCK));
@@ -656,7 +662,7 @@ describe("NGINX front with a fleet manager, mutual TLS", () => {
     });
     expect(result.status).toBe("SUCCESS");
     expect(sha256(await storedBytes(carveId))).toBe(archive.sha256);
-    expect((await readMeta(carveId))?.agent.certificate?.subjectDn).toBe(
+    expect(readEntry(carveId)?.agent.certificate?.subjectDn).toBe(
       "CN=agent-2,OU=agents,O=osquery-carve-server dev",
     );
     expect(fleet.requests.slice(from).length).toBe(paths.length);
@@ -719,7 +725,8 @@ describe("NGINX front with a fleet manager, mutual TLS", () => {
     expect(result.status).toBe("SUCCESS");
     expect(result.requests.every((r) => r.statusCode === 200)).toBe(true);
     expect(sha256(await storedBytes(carveId))).toBe(archive.sha256);
-    expect((await readMeta(carveId))?.nodeKey).toBe(nodeKey);
+    // only the key's SHA-256 is kept: the key itself, the node's enrollment secret, is written nowhere
+    expect(readEntry(carveId)?.nodeKeySha256).toBe(keyDigest(nodeKey));
 
     // osquery 5.x also puts the node key in the start body: that one is recorded. And the body-routed "/<key>/".
     const bodyKey = `body-${randomUUID()}`;
@@ -738,7 +745,7 @@ describe("NGINX front with a fleet manager, mutual TLS", () => {
     });
     expect(result2.status).toBe("SUCCESS");
     expect(sha256(await storedBytes(second.carveId))).toBe(second.archive.sha256);
-    expect((await readMeta(second.carveId))?.nodeKey).toBe(bodyKey);
+    expect(readEntry(second.carveId)?.nodeKeySha256).toBe(keyDigest(bodyKey));
 
     // An agent with --tls_node_api but no node key yet sends "//start_uploads": NGINX matches it as
     // /start_uploads (merge_slashes) and passes the URI on as sent; the service takes it as an empty node key.
@@ -749,7 +756,9 @@ describe("NGINX front with a fleet manager, mutual TLS", () => {
       tls: agent("agent-1"),
     });
     expect(emptyKey.status).toBe(200);
-    expect((await readMeta(emptyKeyId))?.nodeKey).toBe("");
+    expect(readEntry(emptyKeyId)).toMatchObject({ carveId: emptyKeyId, nodeKeySha256: null });
+    expect(await filesContaining(dataDir, nodeKey)).toEqual([]);
+    expect(await filesContaining(dataDir, bodyKey)).toEqual([]);
 
     await logBarrier();
     expect(serviceLogsContain(nodeKey)).toBe(false);
@@ -940,7 +949,7 @@ describe("NGINX front in the UNSAFE lab mode (no client certificates)", () => {
       retryDelaysMs: FAST_RETRIES,
     });
     expect(result.status).toBe("SUCCESS");
-    expect((await readMeta(carveId))?.agent.certificate ?? null).toBeNull();
+    expect(readEntry(carveId)).toMatchObject({ carveId, agent: { certificate: null } });
 
     const forgedId = randomUUID();
     const res = await request(`${front.agentUrl}/start_uploads`, {
@@ -954,7 +963,7 @@ describe("NGINX front in the UNSAFE lab mode (no client certificates)", () => {
     });
     expect(res.status).toBe(200);
     expect(res.headers["x-carve-front-warning"]).toMatch(/UNSAFE/);
-    expect((await readMeta(forgedId))?.agent.certificate ?? null).toBeNull();
+    expect(readEntry(forgedId)).toMatchObject({ carveId: forgedId, agent: { certificate: null } });
   });
 });
 
@@ -968,10 +977,10 @@ describe("--tls_node_api on the service itself (no NGINX)", () => {
     const key = `svc-${randomUUID()}+=:@`;
     const a = randomUUID();
     expect((await post(`/${key}/start_uploads`, startBody({ carve_id: a, node_key: "" }))).status).toBe(200);
-    expect((await readMeta(a))?.nodeKey).toBe(key);
+    expect(readEntry(a)?.nodeKeySha256).toBe(keyDigest(key));
     const b = randomUUID();
     expect((await post(`/${key}/`, startBody({ carve_id: b, node_key: "from-body" }))).status).toBe(200);
-    expect((await readMeta(b))?.nodeKey).toBe("from-body");
+    expect(readEntry(b)?.nodeKeySha256).toBe(keyDigest("from-body"));
     const c = randomUUID();
     const started = await post(`/${key}/start_uploads`, startBody({ carve_id: c, carve_size: 10, block_size: 10 }));
     const sessionId = (JSON.parse(started.text) as { session_id: string }).session_id;
@@ -996,12 +1005,13 @@ describe("--tls_node_api on the service itself (no NGINX)", () => {
     for (const p of ["/api/", "/file_request/", "/status/"]) {
       const id = randomUUID();
       await post(p, startBody({ carve_id: id }));
-      expect(await readMeta(id)).toBeNull();
+      expect(readEntry(id)).toBeNull();
     }
     // A later request's log line is out: everything the requests above logged is in the output too.
     await logBarrier();
     expect(serviceLogsContain(key)).toBe(false);
     expect(serviceLogsContain(key.slice(0, 40))).toBe(false);
+    expect(await filesContaining(dataDir, key)).toEqual([]);
   });
 
   it("masks the first segment of paths unless they are agent endpoints or the service's own routes", () => {

@@ -5,12 +5,13 @@
  */
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildCarveArchive, runCarve, type RunCarveOptions } from "../../scripts/emulator/index.js";
 import { sha256 } from "../support/carve-data.js";
+import { filesContaining, storedCounts, type StoredCounts } from "../support/data-dir.js";
 import { startTestService, type TestService } from "../support/service.js";
 
 let svc: TestService;
@@ -79,8 +80,9 @@ function startBody(overrides: Record<string, unknown> = {}): Record<string, unkn
   };
 }
 
-async function metaCount(): Promise<number> {
-  return (await readdir(path.join(svc.dataDir, "meta"))).length;
+/** Catalog entries, staged uploads and published archives: a refused start adds to none of them. */
+async function stored(): Promise<StoredCounts> {
+  return storedCounts(svc.dataDir);
 }
 
 beforeAll(async () => {
@@ -106,14 +108,16 @@ describe("health", () => {
 describe("1. start request", () => {
   it("opens a session and records what the agent sent and who sent it", async () => {
     const { bytes } = { bytes: randomBytes(3000) };
-    const result = await carveBytes(bytes, { nodeKey: "node-key-abc", agentVersion: "5.23.0" });
+    const nodeKey = `node-key-${randomUUID()}`;
+    const result = await carveBytes(bytes, { nodeKey, agentVersion: "5.23.0" });
     expect(result.status).toBe("SUCCESS");
     expect(result.sessionId).toMatch(/^[0-9a-f]{32}$/);
     const record = await svc.store.getCarve(result.carveId);
     expect(record).toMatchObject({
       carveId: result.carveId,
       requestId: result.requestId,
-      nodeKey: "node-key-abc",
+      // the node key is the node's enrollment secret: only its SHA-256 is kept, the key itself is written nowhere
+      nodeKeySha256: createHash("sha256").update(nodeKey).digest("hex"),
       sessionId: result.sessionId,
       blockCount: 3,
       blockSize: 1024,
@@ -122,6 +126,7 @@ describe("1. start request", () => {
       agent: { userAgent: "osquery/5.23.0" },
     });
     expect(record.agent.address).toMatch(/127\.0\.0\.1/);
+    expect(await filesContaining(svc.dataDir, nodeKey)).toEqual([]);
   });
 
   it("takes the node key from `Authorization: NodeKey` (5.23+) when the body's is empty", async () => {
@@ -145,21 +150,21 @@ describe("1. start request", () => {
 
   it("answers a retried start (5.22+) with the same session and keeps one carve", async () => {
     const body = startBody();
-    const before = await metaCount();
+    const before = await stored();
     const first = await post("/start_uploads", body);
     const second = await post("/start_uploads", body);
     expect(first.json).toEqual(second.json);
-    expect(await metaCount()).toBe(before + 1);
+    expect(await stored()).toEqual({ ...before, entries: before.entries + 1, staged: before.staged + 1 });
   });
 
   it("refuses a start reusing a carve_id with another request_id: JSON without session_id, nothing stored", async () => {
     const body = startBody();
     await post("/start_uploads", body);
-    const before = await metaCount();
+    const before = await stored();
     const res = await post("/start_uploads", { ...body, request_id: randomUUID() });
     expect(res.status).toBe(409);
     expect(res.json).toEqual({ error: { code: "CARVE_ID_CONFLICT", message: expect.any(String) as string } });
-    expect(await metaCount()).toBe(before);
+    expect(await stored()).toEqual(before);
   });
 
   it.each([
@@ -179,12 +184,12 @@ describe("1. start request", () => {
     ["missing carve_id", { carve_id: undefined }, 400, "INVALID_START"],
     ["node_key of the wrong type", { node_key: 12 }, 400, "INVALID_START"],
   ])("refuses a start with %s so the agent fails at once", async (_label, override, status, code) => {
-    const before = await metaCount();
+    const before = await stored();
     const res = await post("/start_uploads", startBody(override));
     expect(res.status).toBe(status);
     expect(res.json).toMatchObject({ error: { code } });
     expect(JSON.stringify(res.json)).not.toContain("session_id");
-    expect(await metaCount()).toBe(before);
+    expect(await stored()).toEqual(before);
   });
 
   it("refuses non-JSON and non-object start bodies without a session_id", async () => {

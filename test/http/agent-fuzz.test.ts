@@ -23,6 +23,7 @@ import { MongoClient, type Binary } from "mongodb";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { ZSTD_MAGIC } from "../../scripts/emulator/index.js";
 import { readAll, sha256 } from "../support/carve-data.js";
+import { peekEntries, peekEntry } from "../support/catalog-peek.js";
 import { agentCountsAsSuccess, rawPost, type RawReply } from "../support/raw-http.js";
 import { startTestService, type TestService } from "../support/service.js";
 
@@ -564,7 +565,9 @@ describe.each(BACKENDS)("agent endpoints under hostile input (%s)", (backend) =>
     if (backend === "filesystem") {
       s["carves/"] = (await readdir(path.join(svc.dataDir, "carves"))).sort();
       for (const c of real) {
-        s[`meta ${c.carveId}`] = sha256(await readFile(path.join(svc.dataDir, "meta", `${c.carveId}.json`)));
+        const entry = peekEntry(svc.dataDir, c.carveId);
+        if (!entry) throw new Error(`no catalog entry for ${c.carveId}`);
+        s[`catalog ${c.carveId}`] = JSON.stringify(entry);
         if (!c.complete) {
           for (const f of ["data.part", "journal"]) {
             s[`${f} ${c.carveId}`] = sha256(await readFile(path.join(svc.dataDir, "sessions", c.carveId, f)));
@@ -574,6 +577,7 @@ describe.each(BACKENDS)("agent endpoints under hostile input (%s)", (backend) =>
     } else if (mongo) {
       const db = mongo.db(database);
       const ids = real.map((c) => c.carveId);
+      s.carves = JSON.stringify(await db.collection("carves.carves").find({ _id: { $in: ids as never[] } }).sort({ _id: 1 }).toArray());
       s.sessions = JSON.stringify(await db.collection("carves.sessions").find({ _id: { $in: ids as never[] } }).sort({ _id: 1 }).toArray());
       const chunks = await db.collection("carves.chunks").find({}).sort({ _id: 1 }).toArray();
       s.chunks = chunks.map((d) => `${String(d._id)}:${sha256(Buffer.from((d.data as Binary).value()))}`);
@@ -582,9 +586,13 @@ describe.each(BACKENDS)("agent endpoints under hostile input (%s)", (backend) =>
     return s;
   }
 
-  async function carveCount(): Promise<number> {
-    if (backend === "filesystem") return (await readdir(path.join(svc.dataDir, "meta"))).filter((n) => n.endsWith(".json")).length;
-    return (mongo as MongoClient).db(database).collection("carves.sessions").countDocuments();
+  /** Carves in the catalog, and uploads staged (each accepted start makes one of each). */
+  async function carveCount(): Promise<{ catalog: number; staged: number }> {
+    if (backend === "filesystem") {
+      return { catalog: peekEntries(svc.dataDir).length, staged: (await readdir(path.join(svc.dataDir, "sessions"))).length };
+    }
+    const db = (mongo as MongoClient).db(database);
+    return { catalog: await db.collection("carves.carves").countDocuments(), staged: await db.collection("carves.sessions").countDocuments() };
   }
 
   /** What changed since `before`, one line per changed item. */
@@ -656,7 +664,11 @@ describe.each(BACKENDS)("agent endpoints under hostile input (%s)", (backend) =>
     });
     await fc.assert(prop, { numRuns: runs, endOnFailure: true });
     expect(await changesSince(before)).toEqual([]);
-    expect(await carveCount(), "carves stored = carves before + valid starts accepted").toBe(countBefore + created.size - createdBefore);
+    const accepted = created.size - createdBefore;
+    expect(await carveCount(), "carves stored = carves before + valid starts accepted").toEqual({
+      catalog: countBefore.catalog + accepted,
+      staged: countBefore.staged + accepted,
+    });
     const errors = svc.logs.entries().slice(logsBefore).filter((e) => typeof e.level === "number" && e.level >= 50);
     expect(errors.map((e) => JSON.stringify(e).slice(0, 300))).toEqual([]);
   }

@@ -9,6 +9,7 @@
  * is under the test's control, and large bodies are generated on the fly, never held in memory.
  */
 import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import http from "node:http";
 import { tmpdir } from "node:os";
@@ -21,6 +22,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { buildCarveArchive, runCarve } from "../../scripts/emulator/index.js";
 import { ERROR_CODES } from "../../src/errors.js";
 import { sha256 } from "../support/carve-data.js";
+import { peekEntries } from "../support/catalog-peek.js";
 import { startTestService, type TestService } from "../support/service.js";
 import { startVaultDouble, type VaultDouble } from "../support/vault-double.js";
 
@@ -264,7 +266,7 @@ interface Backend {
   env: () => Record<string, string>;
   /** Everything the store holds for carves (not the audit trail): must not change when an import fails. */
   snapshot: (svc: TestService) => Promise<string[]>;
-  /** Bytes of imports in progress already in storage (the filesystem's tmp/*.import, GridFS chunks). */
+  /** Bytes of imports in progress already in storage (the filesystem's tmp/<random>.import, GridFS chunks). */
   importedSoFar: (svc: TestService) => Promise<number>;
 }
 
@@ -272,9 +274,11 @@ const filesystem: Backend = {
   name: "filesystem",
   env: () => ({}),
   snapshot: async (svc) => {
-    const out: string[] = [];
-    for (const sub of ["carves", "meta", "sessions", "index", "tmp"]) {
-      const names = await readdir(path.join(svc.dataDir, sub), { recursive: true }).catch(() => [] as string[]);
+    // catalog.sqlite's entries (an import's "importing" one included), then every file under the blob directories
+    if (!existsSync(path.join(svc.dataDir, "catalog.sqlite"))) throw new Error(`no catalog.sqlite in ${svc.dataDir}`);
+    const out = peekEntries(svc.dataDir).map((e) => `catalog/${e.carveId}:${e.state}`);
+    for (const sub of ["carves", "sessions", "tmp"]) {
+      const names = await readdir(path.join(svc.dataDir, sub), { recursive: true });
       out.push(...names.map((n) => `${sub}/${n}`));
     }
     return out.sort();
@@ -301,7 +305,7 @@ const gridfs: Backend = {
       const db = client.db(svc.config.storage.gridfs.database);
       const bucket = svc.config.storage.gridfs.bucket;
       const out: string[] = [];
-      for (const name of [`${bucket}.sessions`, `${bucket}.files`, `${bucket}.chunks`, `${bucket}.blocks`]) {
+      for (const name of [`${bucket}.carves`, `${bucket}.sessions`, `${bucket}.files`, `${bucket}.chunks`]) {
         const docs = await db
           .collection(name)
           .find({}, { projection: { _id: 1 } })

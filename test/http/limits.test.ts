@@ -1,8 +1,10 @@
 /** Limits that protect the server (issue 7): a nearly full disk refuses new carves, deliberately and counted. */
 import { randomUUID } from "node:crypto";
+import { existsSync } from "node:fs";
 import { readdir } from "node:fs/promises";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { peekEntries } from "../support/catalog-peek.js";
 import { startTestService, type TestService } from "../support/service.js";
 
 let svc: TestService;
@@ -23,7 +25,11 @@ describe("minimum free disk", () => {
     const body = (await res.json()) as Record<string, unknown>;
     expect(body).toMatchObject({ error: { code: "INSUFFICIENT_STORAGE" } });
     expect(body).not.toHaveProperty("session_id");
-    expect(await readdir(path.join(svc.dataDir, "meta"))).toEqual([]);
+    // nothing stored: no catalog entry (in a catalog that is there to hold one), no staged or published bytes
+    expect(existsSync(path.join(svc.dataDir, "catalog.sqlite"))).toBe(true);
+    expect(peekEntries(svc.dataDir)).toEqual([]);
+    expect(await readdir(path.join(svc.dataDir, "sessions"))).toEqual([]);
+    expect(await readdir(path.join(svc.dataDir, "carves"))).toEqual([]);
     const metrics = await (await fetch(`${svc.url}/metrics`)).text();
     expect(metrics).toContain('carve_sessions_refused_total{reason="INSUFFICIENT_STORAGE"} 1');
   });

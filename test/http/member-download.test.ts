@@ -9,8 +9,9 @@ import { mkdir, mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises"
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { buildCarveArchive } from "../../scripts/emulator/index.js";
+import { ERROR_CODES } from "../../src/errors.js";
 import type { AuditPageView, FilesListingView } from "../../src/http/api-contract.js";
 import { sha256 } from "../support/carve-data.js";
 import { uploadCarve, type UploadedCarve } from "../support/carve-upload.js";
@@ -154,5 +155,34 @@ describe("single-file download", () => {
     expect(await codeOf(`/api/v1/carves/${carve.carveId}/files/2`)).toEqual([404, "MEMBER_NOT_FOUND"]);
     expect(await codeOf(`/api/v1/carves/${carve.carveId}/files/-1`)).toEqual([404, "MEMBER_NOT_FOUND"]);
     expect(await codeOf(`/api/v1/carves/${carve.carveId}/files/1e3`)).toEqual([404, "MEMBER_NOT_FOUND"]);
+  });
+
+  it("is documented: docs/responder-api.md lists its error codes with their statuses", async () => {
+    const doc = await readFile(path.join(import.meta.dirname, "../../docs/responder-api.md"), "utf8");
+    for (const code of ["MEMBER_NOT_FOUND", "MEMBER_NOT_A_FILE"] as const) expect(doc, code).toContain(`| \`${code}\` | ${ERROR_CODES[code].status} |`);
+  });
+});
+
+describe("single-file download on the GridFS backend", () => {
+  it("equals the member's bytes for plain and zstd archives", async () => {
+    const gridfs = await startTestService({
+      VAULT_ADDR: vault.url,
+      CARVE_STORAGE: "gridfs",
+      CARVE_MONGODB_URI: inject("mongoUri"),
+      CARVE_MONGODB_DATABASE: `member_${randomBytes(4).toString("hex")}`,
+    });
+    try {
+      for (const source of [plain, compressed]) {
+        const carve = await uploadCarve(gridfs.url, source.bytes, { dir: work });
+        for (const [n, content] of contents.entries()) {
+          const res = await fetch(`${gridfs.url}/api/v1/carves/${carve.carveId}/files/${n}`, { headers: { "X-Vault-Token": READER } });
+          expect(res.status).toBe(200);
+          expect(Buffer.from(await res.arrayBuffer()).equals(content), `member ${n}`).toBe(true);
+          expect(res.headers.get("x-content-sha256")).toBe(sha256(content));
+        }
+      }
+    } finally {
+      await gridfs.dispose();
+    }
   });
 });

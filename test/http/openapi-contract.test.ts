@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildCarveArchive } from "../../scripts/emulator/index.js";
-import { operations } from "../../src/http/api-contract.js";
+import { operations } from "../../src/http/api-operations.js";
 import { openApiText } from "../../src/http/openapi.js";
 import { uploadCarve, type UploadedCarve } from "../support/carve-upload.js";
 import { fetchReply, OPENAPI_PATH, OpenApiChecker, type Reply } from "../support/openapi-check.js";

@@ -66,6 +66,7 @@ describe("filesystem store layout and recovery", () => {
         "catalog.sqlite",
         "catalog.sqlite-shm",
         "catalog.sqlite-wal",
+        "custody.reserve",
         "sessions",
         "tmp",
       ].sort(),

@@ -3,7 +3,9 @@
  * beside a running service: WAL lets a reader in). For tests that check what was stored without going through
  * the service (a child process, a crash). The shape is the catalog's own (src/storage/sqlite/sqlite-catalog.ts).
  */
+import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
 import path from "node:path";
 import Database from "better-sqlite3";
 
@@ -92,4 +94,23 @@ export function peekEntry(dataDir: string, carveId: string): PeekedEntry | null 
 /** Every catalog entry, any state. */
 export function peekEntries(dataDir: string): PeekedEntry[] {
   return read(dataDir, (db) => (db.prepare("SELECT * FROM carves ORDER BY created_at").all() as Row[]).map(entryOf), []);
+}
+
+/**
+ * Every catalog entry of a data directory that only a namespace sees (test/support/tmpfs-namespace.ts). SQLite
+ * resolves the symlinks of a path, and /proc/<pid>/root resolves to this process's own "/", so the catalog is
+ * read by a node process started inside with `wrapper`, with SQLite's locking as any reader.
+ * @throws Error when there is no catalog.sqlite in `dataDir` (as the namespace sees it)
+ */
+export function peekEntriesInside(wrapper: string[], dataDir: string): PeekedEntry[] {
+  const sqlite = createRequire(import.meta.url).resolve("better-sqlite3");
+  const script = `
+    const Database = require(process.argv[1]);
+    const db = new Database(process.argv[2], { readonly: true, fileMustExist: true });
+    db.pragma("busy_timeout = 5000");
+    process.stdout.write(JSON.stringify(db.prepare("SELECT * FROM carves ORDER BY created_at").all()));
+    db.close();`;
+  const [command, ...args] = [...wrapper, process.execPath, "-e", script, sqlite, path.join(dataDir, "catalog.sqlite")];
+  const out = execFileSync(command, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 30_000 });
+  return (JSON.parse(out) as Row[]).map(entryOf);
 }

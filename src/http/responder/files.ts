@@ -1,16 +1,8 @@
-import { FilesLister } from "../files-listing.js";
 import { noQuery, parseWith } from "../responder-schemas.js";
 import { carveTarget, notComplete, type RegisterRoutes } from "./frame.js";
-import { registerMemberRoutes } from "./members.js";
 
-/**
- * GET /api/v1/carves/:carve_id/files (read right): the members of a complete carve's tar, within bounds; and
- * GET .../files/:n, one member's content, which shares this listing (its cache and bounds).
- */
-export const registerFilesRoutes: RegisterRoutes = (router, deps) => {
-  const { services, endpoint, now, listing } = deps;
-  const files = new FilesLister(services.reads, listing);
-  registerMemberRoutes(router, deps, files);
+/** GET /api/v1/carves/:carve_id/files (read right): the members of a complete carve's tar, within bounds. */
+export const registerFilesRoutes: RegisterRoutes = (router, { services, endpoint, now, files }) => {
   router.get(
     "/api/v1/carves/:carve_id/files",
     endpoint("carve.files", carveTarget("read"), async (ctx) => {

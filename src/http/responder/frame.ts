@@ -1,4 +1,5 @@
 import type { Request, RequestHandler, Response, Router } from "express";
+import type { FilesLister } from "../files-listing.js";
 import type { AuthAction, AuthQuestion, Authorizer } from "../../auth/authorizer.js";
 import { tokenFromHeaders } from "../../auth/token.js";
 import { TarFormatError, type ListingLimits } from "../../carves/tar-listing.js";
@@ -40,6 +41,8 @@ export interface RouteDeps {
   maxImportSize: number;
   /** Bounds of the files endpoint's tar listing (config `listing`). */
   listing: ListingLimits;
+  /** The tar listings (cached per archive), shared by the files listing and single-file downloads. */
+  files: FilesLister;
 }
 
 /** One resource's routes (src/http/responder/*.ts), registered by src/http/responder/index.ts. */

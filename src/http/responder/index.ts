@@ -6,6 +6,7 @@ import type { Logger } from "../../logger.js";
 import type { Metrics } from "../../metrics.js";
 import { AuditRecorder } from "../../services/audit-events.js";
 import type { ExpiryPolicy } from "../../carves/expiry.js";
+import { FilesLister } from "../files-listing.js";
 import { sendJsonError } from "../json-error.js";
 import { registerArchiveRoutes } from "./archive.js";
 import { registerAuditRoutes } from "./audit.js";
@@ -15,6 +16,7 @@ import { registerFilesRoutes } from "./files.js";
 import { createEndpoint, type RegisterRoutes, type ResponderServices } from "./frame.js";
 import { registerHoldRoutes } from "./holds.js";
 import { registerImportRoutes } from "./imports.js";
+import { registerMemberRoutes } from "./members.js";
 import { registerVerifyRoutes } from "./verify.js";
 
 export type { ResponderServices } from "./frame.js";
@@ -44,6 +46,7 @@ const RESOURCES: readonly RegisterRoutes[] = [
   registerCarveRoutes,
   registerArchiveRoutes,
   registerFilesRoutes,
+  registerMemberRoutes,
   registerDeletionRoutes,
   registerHoldRoutes,
   registerAuditRoutes,
@@ -70,14 +73,16 @@ export function responderRouter(deps: ResponderDeps): Router {
     next();
   });
 
+  const listing = { maxMembers: MAX_LISTED_MEMBERS, ...deps.listing };
   const routeDeps = {
     services: deps.services,
+    files: new FilesLister(deps.services.reads, listing),
     endpoint,
     now,
     expiry: deps.expiry,
     logger,
     maxImportSize: deps.maxImportSize,
-    listing: { maxMembers: MAX_LISTED_MEMBERS, ...deps.listing },
+    listing,
   };
   for (const register of RESOURCES) register(router, routeDeps);
 

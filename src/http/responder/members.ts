@@ -1,14 +1,12 @@
 import { createHash } from "node:crypto";
 import type { ServerResponse } from "node:http";
-import type { Router } from "express";
 import { walkTar, type ContentSink } from "../../carves/tar-listing.js";
 import { zstdDecompress, ZstdFormatError } from "../../carves/zstd-stream.js";
 import { AppError, isAppError } from "../../errors.js";
 import { MEMBER_SHA256_HEADER, memberPath } from "../api-contract.js";
-import type { FilesLister } from "../files-listing.js";
 import { noQuery, parseWith } from "../responder-schemas.js";
 import { ClientGoneError } from "../send-archive.js";
-import { carveTarget, notComplete, type EndpointContext, type RouteDeps } from "./frame.js";
+import { carveTarget, notComplete, type EndpointContext, type RegisterRoutes } from "./frame.js";
 
 /** Headers this route adds, withdrawn when an error reply replaces the member. */
 const MEMBER_HEADERS = [MEMBER_SHA256_HEADER, "Repr-Digest", "Content-Disposition", "Content-Length", "Accept-Ranges"];
@@ -67,8 +65,8 @@ function writer(res: ServerResponse): (chunk: Buffer) => Promise<void> | undefin
  * a mismatch (storage that changed under us) cuts the connection short of Content-Length instead of
  * completing a wrong file.
  */
-export function registerMemberRoutes(router: Router, deps: RouteDeps, files: FilesLister): void {
-  const { services, endpoint, now } = deps;
+export const registerMemberRoutes: RegisterRoutes = (router, deps) => {
+  const { services, endpoint, now, files } = deps;
 
   const download = async (ctx: EndpointContext): Promise<void> => {
     const { req, res } = ctx;
@@ -171,4 +169,4 @@ export function registerMemberRoutes(router: Router, deps: RouteDeps, files: Fil
   };
 
   router.get("/api/v1/carves/:carve_id/files/:n", endpoint("carve.download", carveTarget("read"), download));
-}
+};

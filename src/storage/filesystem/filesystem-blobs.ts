@@ -9,7 +9,8 @@ import { crashPoint } from "../../util/crash-point.js";
 import type { ArchiveFacts, ArchiveRef, BlobReader, BlobStore, BlockWrite, ImportLimits, UploadProgress } from "../contracts.js";
 import type { ByteRange, Compression, Session, StoreHealth } from "../model.js";
 import { acquireDirLock, type DirLock } from "./dir-lock.js";
-import { errno, fsyncDir, hashFile, journalBlocks, journalRecord, readFully, streamToFile, Upload, wrapIo, writeFully } from "./fs-io.js";
+import { SpaceReserve } from "./space-reserve.js";
+import { errno, freeBytesOf, fsyncDir, hashFile, probeHealth, journalBlocks, journalRecord, readFully, streamToFile, Upload, wrapIo, writeFully } from "./fs-io.js";
 
 /*
  * Bytes in the data directory (every path is built from validated ids and checked to stay inside):
@@ -37,6 +38,8 @@ export interface FilesystemBlobsOptions {
   maxOpenUploads?: number;
   /** The clock of "last block stored" (tests move it). */
   now?: () => Date;
+  /** Disk kept back for custody writes when the disk fills (./space-reserve.ts); default 8 MiB. */
+  reserveBytes?: number;
 }
 
 export class FilesystemBlobs implements BlobStore {
@@ -55,6 +58,7 @@ export class FilesystemBlobs implements BlobStore {
     root: string,
     options: FilesystemBlobsOptions,
     private readonly lock: DirLock,
+    private readonly reserve: SpaceReserve,
   ) {
     this.root = root;
     this.logger = options.logger;
@@ -75,11 +79,12 @@ export class FilesystemBlobs implements BlobStore {
       for (const name of await fsp.readdir(path.join(root, "tmp"))) {
         await fsp.rm(path.join(root, "tmp", name), { recursive: true, force: true });
       }
+      const reserve = SpaceReserve.open(root, options.reserveBytes ?? 8 * 1024 * 1024, options.logger);
+      return new FilesystemBlobs(root, options, lock, reserve);
     } catch (err) {
       await lock.release();
       throw err;
     }
-    return new FilesystemBlobs(root, options, lock);
   }
 
   private p(...parts: string[]): string {
@@ -108,6 +113,16 @@ export class FilesystemBlobs implements BlobStore {
     if (this.closed) throw new AppError("STORAGE_UNAVAILABLE", "store is closed");
   }
 
+  /** Block writes wait while the custody reserve is spent (see ./space-reserve.ts). */
+  private assertRoom(): void {
+    if (!this.reserve.writable(this.root)) throw new AppError("STORAGE_UNAVAILABLE", "storage full");
+  }
+
+  /** Gives the custody reserve to a custody write that found the disk full; false when none is left. */
+  releaseReserve(): boolean {
+    return this.reserve.release();
+  }
+
   private static checkIds(target: { carveId: string; sessionId: string }): void {
     if (!isSafeId(target.carveId) || !isSafeId(target.sessionId)) throw new AppError("UNKNOWN_SESSION");
   }
@@ -129,6 +144,7 @@ export class FilesystemBlobs implements BlobStore {
   async begin(session: Session): Promise<void> {
     this.assertOpen();
     if (!isSafeId(session.carveId) || !isSafeId(session.sessionId)) throw new AppError("INVALID_START", "unsafe identifier");
+    this.assertRoom();
     try {
       await fsp.mkdir(this.sessionDir(session.carveId), { recursive: true });
     } catch (err) {
@@ -221,6 +237,7 @@ export class FilesystemBlobs implements BlobStore {
     FilesystemBlobs.checkIds(session);
     const upload = await this.upload(session);
     if (!upload) return this.compareWithArchive(session, blockId, data);
+    if (!upload.has(blockId)) this.assertRoom();
     return upload.mutex.run(async () => {
       this.assertOpen();
       // Queued behind an operation that dropped this object (completion, delete, I/O error): start over.
@@ -459,35 +476,12 @@ export class FilesystemBlobs implements BlobStore {
 
   async freeBytes(): Promise<number | null> {
     this.assertOpen();
-    try {
-      const fs = await fsp.statfs(this.root);
-      return fs.bavail * fs.bsize;
-    } catch (err) {
-      throw wrapIo(err, "statfs");
-    }
+    return freeBytesOf(this.root);
   }
 
   async health(): Promise<StoreHealth> {
-    const detail: Record<string, string | number | boolean | null> = { dataDir: this.root };
-    try {
-      this.assertOpen();
-      const probe = this.p("tmp", `${randomBytes(8).toString("hex")}.probe`);
-      await fsp.writeFile(probe, "probe", { flag: "wx" });
-      await fsp.unlink(probe);
-      const fs = await fsp.statfs(this.root);
-      detail.freeBytes = fs.bavail * fs.bsize;
-      detail.activeUploads = this.active.size;
-      return { ok: true, backend: this.kind, detail };
-    } catch (err) {
-      detail.error = errno(err) ?? (err instanceof Error ? err.message : "unknown");
-      return { ok: false, backend: this.kind, detail };
-    }
-  }
-
-  /** Carve ids with a staging directory: uploads a restart may need to finish. */
-  async stagedCarveIds(): Promise<string[]> {
-    this.assertOpen();
-    return (await fsp.readdir(this.p("sessions"))).filter(isSafeId);
+    if (this.closed) return { ok: false, backend: this.kind, detail: { dataDir: this.root, error: "store is closed" } };
+    return probeHealth(this.kind, this.root, { activeUploads: this.active.size });
   }
 
   async close(): Promise<void> {

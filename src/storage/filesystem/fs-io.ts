@@ -1,9 +1,11 @@
-import { createHash, type Hash } from "node:crypto";
+import { createHash, randomBytes, type Hash } from "node:crypto";
 import { promises as fsp, writeSync } from "node:fs";
+import path from "node:path";
 import type { FileHandle } from "node:fs/promises";
 import { AppError } from "../../errors.js";
 import { crashPoint } from "../../util/crash-point.js";
 import type { ImportLimits } from "../contracts.js";
+import type { StoreHealth } from "../model.js";
 import type { Session } from "../model.js";
 import { Mutex } from "../../util/mutex.js";
 
@@ -183,4 +185,28 @@ export async function streamToFile(
     throw new AppError("IMPORT_ABORTED", undefined, { cause: err });
   }
   return { sha256: hash.digest("hex"), head, size };
+}
+
+export async function freeBytesOf(root: string): Promise<number> {
+  try {
+    const fs = await fsp.statfs(root);
+    return fs.bavail * fs.bsize;
+  } catch (err) {
+    throw wrapIo(err, "statfs");
+  }
+}
+
+/** Healthy when a file can be created and removed in tmp/ and the filesystem answers statfs. */
+export async function probeHealth(backend: string, root: string, extra: Record<string, number>): Promise<StoreHealth> {
+  const detail: Record<string, string | number | boolean | null> = { dataDir: root, ...extra };
+  try {
+    const probe = path.join(root, "tmp", `${randomBytes(8).toString("hex")}.probe`);
+    await fsp.writeFile(probe, "probe", { flag: "wx" });
+    await fsp.unlink(probe);
+    detail.freeBytes = await freeBytesOf(root);
+    return { ok: true, backend, detail };
+  } catch (err) {
+    detail.error = errno(err) ?? errno((err as { cause?: { cause?: unknown } }).cause?.cause) ?? (err instanceof Error ? err.message : "unknown");
+    return { ok: false, backend, detail };
+  }
 }

@@ -454,12 +454,6 @@ export class GridFsBlobs implements BlobStore {
     }
   }
 
-  /** Carve ids with upload progress: uploads a restart may need to finish. */
-  async stagedCarveIds(limit: number): Promise<string[]> {
-    this.assertOpen();
-    return (await this.uploads.find({}, { projection: { _id: 1 } }).limit(limit).toArray()).map((d) => d._id);
-  }
-
   /** The connection belongs to the deployment (shared with the catalog); only this store's use ends. */
   close(): Promise<void> {
     this.closed = true;

@@ -1,7 +1,7 @@
-import type { Filter, IndexDescription, Sort } from "mongodb";
+import type { Document, Filter, IndexDescription, Sort } from "mongodb";
 import type { EntryCondition, EntryState } from "../contracts.js";
 import type { Cursor } from "../listing.js";
-import type { ExpiryCriteria, ListQuery } from "../model.js";
+import type { AgentInfo, ExpiryCriteria, ListQuery } from "../model.js";
 import type { CarveDoc } from "./carve-doc.js";
 
 /*
@@ -92,6 +92,21 @@ export function countShapes(): { receiving: QueryShape; complete: QueryShape } {
   return { receiving: { filter: { state: { $in: [...RECEIVING] } } }, complete: { filter: { state: "complete" } } };
 }
 
+/**
+ * receivingLoad: one aggregation over the receiving entries (state_createdAt bounds it to them, as for count),
+ * counting those from the agent as src/storage/contracts.ts defines it.
+ */
+export function receivingLoadPipeline(agent: AgentInfo): { shape: QueryShape; pipeline: Document[] } {
+  const fingerprint = agent.certificate?.fingerprintSha256 ?? null;
+  const fromAgent =
+    fingerprint !== null
+      ? { $eq: ["$agent.certificate.fingerprintSha256", fingerprint] }
+      : { $and: [{ $eq: [{ $ifNull: ["$agent.certificate", null] }, null] }, { $eq: [{ $ifNull: ["$agent.address", null] }, agent.address] }] };
+  const shape: QueryShape = { filter: { state: { $in: [...RECEIVING] } } };
+  const group = { _id: null, carves: { $sum: 1 }, declaredBytes: { $sum: "$carveSize" }, fromAgent: { $sum: { $cond: [fromAgent, 1, 0] } } };
+  return { shape, pipeline: [{ $match: shape.filter }, { $group: group }] };
+}
+
 export function sessionShape(sessionId: string): QueryShape {
   return { filter: { sessionId } };
 }
@@ -140,6 +155,7 @@ export function allCatalogShapes(): Array<{ name: string; shape: QueryShape }> {
   const counts = countShapes();
   out.push({ name: "count receiving", shape: counts.receiving });
   out.push({ name: "count complete", shape: counts.complete });
+  out.push({ name: "receiving load", shape: receivingLoadPipeline({ address: "10.0.0.1", userAgent: null, certificate: null }).shape });
   out.push({ name: "get", shape: { filter: { _id: "c" } } });
   out.push({ name: "getBySession", shape: sessionShape("s") });
   out.push({

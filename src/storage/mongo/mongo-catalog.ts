@@ -1,10 +1,11 @@
 import type { Collection, Db, FindCursor, UpdateFilter } from "mongodb";
 import { AppError } from "../../errors.js";
 import type { Logger } from "../../logger.js";
-import type { CarveCatalog, CatalogEntry, EntryCondition, EntryPage, EntryPatch, ExpirySweep } from "../contracts.js";
+import type { CarveCatalog, CatalogEntry, EntryCondition, EntryPage, EntryPatch, ExpirySweep, ReceivingLoad } from "../contracts.js";
 import { decodeCursor, encodeCursor } from "../listing.js";
 import {
   MAX_VERIFICATIONS_KEPT,
+  type AgentInfo,
   type ExpiryCriteria,
   type LegalHold,
   type ListQuery,
@@ -16,6 +17,7 @@ import {
   conditionShape,
   countShapes,
   listShape,
+  receivingLoadPipeline,
   sessionShape,
   sweepShapes,
   type QueryShape,
@@ -184,6 +186,12 @@ export class MongoCarveCatalog implements CarveCatalog {
       ]),
     );
     return { receiving, complete };
+  }
+
+  async receivingLoad(agent: AgentInfo): Promise<ReceivingLoad> {
+    const { pipeline } = receivingLoadPipeline(agent);
+    const [load] = await this.run("sum the receiving entries", () => this.carves.aggregate<ReceivingLoad>(pipeline).toArray());
+    return { carves: load?.carves ?? 0, fromAgent: load?.fromAgent ?? 0, declaredBytes: load?.declaredBytes ?? 0 };
   }
 
   async health(): Promise<StoreHealth> {

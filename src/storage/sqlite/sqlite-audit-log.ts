@@ -80,6 +80,15 @@ export class SqliteAuditLog implements AuditLog {
       if (this.closed) throw new AppError("STORAGE_UNAVAILABLE", "audit log is closed");
       return Promise.resolve(step());
     } catch (err) {
+      // A write that failed for lack of space can leave SQLite's implicit transaction open; whatever ran next on this
+      // connection would then never be committed. End it, so the caller's retry (or the next request) starts clean.
+      if (this.db.inTransaction) {
+        try {
+          this.db.exec("ROLLBACK");
+        } catch {
+          // already rolled back by SQLite itself
+        }
+      }
       return Promise.reject(storageFailure(err, what));
     }
   }

@@ -8,6 +8,7 @@ import type {
   EntryPatch,
   EntryState,
   ExpirySweep,
+  ReceivingLoad,
 } from "../contracts.js";
 import { decodeCursor, encodeCursor } from "../listing.js";
 import {
@@ -251,6 +252,15 @@ export class SqliteCatalog implements CarveCatalog {
       if (this.closed) throw new AppError("STORAGE_UNAVAILABLE", "catalog is closed");
       return Promise.resolve(step());
     } catch (err) {
+      // A write that failed for lack of space can leave SQLite's implicit transaction open; whatever ran next on this
+      // connection would then never be committed. End it, so the caller's retry (or the next request) starts clean.
+      if (this.db.inTransaction) {
+        try {
+          this.db.exec("ROLLBACK");
+        } catch {
+          // already rolled back by SQLite itself
+        }
+      }
       return Promise.reject(storageFailure(err, what));
     }
   }
@@ -343,7 +353,9 @@ export class SqliteCatalog implements CarveCatalog {
     return this.run(`update ${carveId}`, () => {
       const params: Params = { carveId };
       const sql = `UPDATE carves SET ${patchSql(patch, params)} WHERE ${conditionSql(condition, params)} RETURNING *`;
-      const row = this.stmt(sql).get(params) as CarveRow | undefined;
+      // all(), not get(): get() resets the statement after its first row, and an autocommit statement commits at
+      // that reset, where a failed commit (a full disk) goes unreported; all() steps to the end and throws it.
+      const [row] = this.stmt(sql).all(params) as CarveRow[];
       return row ? entryOf(row) : null;
     });
   }
@@ -377,6 +389,20 @@ export class SqliteCatalog implements CarveCatalog {
 
   count(): Promise<{ receiving: number; complete: number }> {
     return this.run("count", () => this.counts());
+  }
+
+  /** Over the receiving entries' partial index: as many rows as carves are being received, not all carves. */
+  static readonly RECEIVING_LOAD_SQL =
+    "SELECT count(*) AS carves, coalesce(sum(carve_size), 0) AS declaredBytes, coalesce(sum(CASE WHEN @fingerprint IS NOT NULL " +
+    "THEN json_extract(agent, '$.certificate.fingerprintSha256') IS @fingerprint " +
+    "ELSE json_extract(agent, '$.certificate') IS NULL AND json_extract(agent, '$.address') IS @address END), 0) AS fromAgent " +
+    `FROM carves INDEXED BY carves_receiving WHERE ${LISTED_RECEIVING}`;
+
+  receivingLoad(agent: AgentInfo): Promise<ReceivingLoad> {
+    return this.run("receiving load", () => {
+      const params = { fingerprint: agent.certificate?.fingerprintSha256 ?? null, address: agent.address };
+      return this.stmt(SqliteCatalog.RECEIVING_LOAD_SQL).get(params) as ReceivingLoad;
+    });
   }
 
   private counts(): { receiving: number; complete: number } {

@@ -94,6 +94,14 @@ export function storageFailure(err: unknown, what: string): AppError {
   return new AppError("STORAGE_UNAVAILABLE", undefined, { cause: Object.assign(new Error(what), { cause: err }) });
 }
 
+function createIfMissing(file: string): void {
+  try {
+    closeSync(openSync(file, "wx", 0o640));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+  }
+}
+
 /**
  * Opens <dataDir>/catalog.sqlite, creating it (mode 0640, like the archives) and its schema when needed.
  * @throws AppError STORAGE_UNAVAILABLE when the file cannot be opened or was written by a newer release.
@@ -103,8 +111,11 @@ export function openCatalogDatabase(dataDir: string): Database.Database {
   let db: Database.Database | null = null;
   try {
     mkdirSync(path.dirname(file), { recursive: true });
-    // SQLite gives its -wal and -shm files the database file's mode.
-    closeSync(openSync(file, "a", 0o640));
+    // SQLite gives its -wal and -shm files the database file's mode, so the file is created with it when missing.
+    // An existing file is never opened here: closing any descriptor of it drops every POSIX lock this process holds
+    // on it (an open connection's too), and a sqlite3 shell closing beside the service would then take itself for
+    // the last connection and delete the WAL the service still writes to.
+    createIfMissing(file);
     db = new Database(file, { timeout: BUSY_TIMEOUT_MS });
     db.pragma("journal_mode = WAL");
     db.pragma("synchronous = FULL");

@@ -703,6 +703,36 @@ export function catalogConformance(name: string, makeHarness: () => Promise<Cata
       });
     });
 
+    describe("receivingLoad", () => {
+      it("sums the receiving entries, and counts those of one agent by certificate, or by address without one", async () => {
+        const cert = (fingerprintSha256: string) => ({ subjectDn: `CN=${fingerprintSha256}`, fingerprintSha256, source: "proxy" as const });
+        const agent = (address: string | null, fingerprint?: string) => ({ address, userAgent: "osquery/5.23.0", certificate: fingerprint ? cert(fingerprint) : null });
+        const load = (a: ReturnType<typeof agent>, c: CarveCatalog = catalog) => c.receivingLoad(a);
+        expect(await load(agent("10.0.0.1", "AA:01"))).toEqual({ carves: 0, fromAgent: 0, declaredBytes: 0 });
+        const a1 = testEntry({ agent: agent("10.0.0.1", "AA:01"), carveSize: 1 });
+        const rows = [
+          a1,
+          testEntry({ agent: agent("10.0.0.9", "AA:01"), carveSize: 2, state: "completing", claim: "x" }), // same certificate, another address
+          testEntry({ agent: agent("10.0.0.1", "BB:02"), carveSize: 4 }), // same address, another certificate
+          testEntry({ agent: agent("10.0.0.1"), carveSize: 8 }),
+          testEntry({ agent: agent("10.0.0.2"), carveSize: 16 }),
+          testEntry({ agent: agent(null), carveSize: 32 }),
+          completeEntry({ agent: agent("10.0.0.1", "AA:01"), carveSize: 64 }),
+          testEntry({ agent: agent("10.0.0.1", "AA:01"), carveSize: 128, state: "deleting" }),
+          testEntry({ agent: agent("10.0.0.1"), carveSize: 256, state: "importing" }),
+        ];
+        for (const e of rows) await catalog.create(e);
+        expect(await load(agent("10.0.0.5", "AA:01"))).toEqual({ carves: 6, fromAgent: 2, declaredBytes: 63 });
+        expect((await load(agent("10.0.0.1", "BB:02"))).fromAgent).toBe(1);
+        expect((await load(agent("10.0.0.1", "CC:03"))).fromAgent).toBe(0);
+        expect((await load(agent("10.0.0.1"))).fromAgent).toBe(1);
+        expect((await load(agent(null))).fromAgent).toBe(1);
+        expect((await load(agent("10.0.0.3"))).fromAgent).toBe(0);
+        await catalog.update(a1.carveId, {}, { state: "complete", completedAt: at(5) });
+        expect(await load(agent("10.0.0.1", "AA:01"), await another())).toEqual({ carves: 5, fromAgent: 1, declaredBytes: 62 });
+      });
+    });
+
     describe("health and close", () => {
       it("reports its health", async () => {
         const h = await catalog.health();
@@ -724,6 +754,7 @@ export function catalogConformance(name: string, makeHarness: () => Promise<Cata
         await expectCode(catalog.remove(e.carveId, {}), "STORAGE_UNAVAILABLE");
         await expectCode(catalog.sweep({ completedBefore: at(1), idleBefore: at(1), staleDeleteBefore: at(1) }, 1), "STORAGE_UNAVAILABLE");
         await expectCode(catalog.count(), "STORAGE_UNAVAILABLE");
+        await expectCode(catalog.receivingLoad(e.agent), "STORAGE_UNAVAILABLE");
         expect(await other.get(e.carveId)).toEqual(e);
       });
     });

@@ -200,6 +200,7 @@ describe("MongoDB catalog: every query shape has an index", () => {
     expect(best("sweep idle")).toBe("state_createdAt");
     expect(best("sweep stale")).toBe("state_stateSince");
     expect(best("count receiving")).toMatch(/^state_/);
+    expect(best("receiving load")).toMatch(/^state_/);
     expect(best("getBySession")).toBe("sessionId_unique");
     expect(best("get")).toBe("_id_");
     expect(best("conditional update/remove")).toBe("_id_");
@@ -359,6 +360,7 @@ describe("MongoDB catalog and audit log: a server that goes away", () => {
         () => catalog.get("x"),
         () => catalog.list({ limit: 5 }),
         () => catalog.count(),
+        () => catalog.receivingLoad(testEntry().agent),
         () => audit.query({ limit: 5 }),
         () => audit.append(testEvent()),
       ];

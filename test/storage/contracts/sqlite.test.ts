@@ -100,6 +100,14 @@ describe("SQLite catalog: query plans", () => {
     }
   });
 
+  it("sums the receiving load on the receiving entries' partial index", () => {
+    for (const params of [{ fingerprint: "AB:CD", address: "10.0.0.1" }, { fingerprint: null, address: null }]) {
+      const lines = plan(SqliteCatalog.RECEIVING_LOAD_SQL, params);
+      expectIndexed(lines, JSON.stringify(params));
+      expect(lines.join(), JSON.stringify(params)).toMatch(/USING INDEX carves_receiving/);
+    }
+  });
+
   it("queries the audit trail on an index whatever the filters", () => {
     for (const carveId of [undefined, "c"]) {
       for (const action of [undefined, "carve.read"]) {
