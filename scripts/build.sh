@@ -28,7 +28,7 @@ fi
 mkdir -p dist
 started=$(mktemp dist/.build-started.XXXXXX)
 # The console: one ES module and one stylesheet, minified, no source maps (the service serves exactly the files
-# in dist/console; test/console/bundle.test.ts holds them under 150 KB gzipped).
+# in dist/console; test/console/console-assets.test.ts holds them under 150 KB gzipped).
 build_console() {
   [ -d console ] || return 0 # a tree without the console (test/cli/build-freshness.test.ts builds a small copy)
   rm -rf dist/console

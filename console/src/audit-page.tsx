@@ -145,7 +145,7 @@ export function AuditPage({ session, params }: { session: Session; params: URLSe
             </thead>
             <tbody>
               {page.events.map((e) => (
-                <tr key={e.id} data-audit-action={e.action}>
+                <tr key={e.id} data-audit-action={e.action} data-audit-id={e.id}>
                   <td>{instant(e.at)}</td>
                   <td class="mono">{e.action}</td>
                   <td>

@@ -10,6 +10,11 @@ import type { Session } from "./session.js";
 
 const PAGE_SIZES = ["25", "50", "100"];
 
+/** A page size from the address: any the API takes (1 to 500), the form offering it beside the usual ones. */
+function pageSize(raw: string | null): string {
+  return raw !== null && /^[1-9]\d{0,2}$/.test(raw) && Number(raw) <= 500 ? raw : "25";
+}
+
 interface Filters {
   status: string;
   node: string;
@@ -24,7 +29,7 @@ function filtersOf(params: URLSearchParams): Filters {
     node: params.get("node") ?? "",
     since: params.get("since") ?? "",
     until: params.get("until") ?? "",
-    limit: PAGE_SIZES.includes(params.get("limit") ?? "") ? (params.get("limit") as string) : "25",
+    limit: pageSize(params.get("limit")),
   };
 }
 
@@ -82,7 +87,7 @@ function FilterForm({ filters }: { filters: Filters }) {
       <label>
         Per page
         <select name="limit" value={draft.limit} onChange={set("limit")}>
-          {PAGE_SIZES.map((n) => (
+          {[...new Set([...PAGE_SIZES, filters.limit])].sort((a, b) => Number(a) - Number(b)).map((n) => (
             <option value={n} key={n}>
               {n}
             </option>

@@ -1,13 +1,14 @@
 /**
  * scripts/build.sh, which npm start / emulate / cleanup / import-seed / bench run as `--if-stale`: a clean
- * clone (no dist/) compiles, a fresh dist/ compiles nothing, any change under src/ or scripts/ compiles again,
+ * clone (no dist/) compiles, a fresh dist/ compiles nothing, any change under src/, scripts/ or console/ (the
+ * web console, bundled into dist/console/) compiles again,
  * and a failed compile leaves no stamp (so the next run tries again). Run on a small copy of the project
- * layout (the real tsconfigs and build script, one source file, the repository's node_modules) so that the
+ * layout (the real tsconfigs and build script, one source file, a one-line console, the repository's node_modules) so that the
  * repository's own dist/, which other suites run, is never touched.
  */
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -42,6 +43,9 @@ beforeAll(async () => {
   }
   await symlink(path.join(ROOT, "node_modules"), path.join(dir, "node_modules"));
   await writeFile(path.join(dir, "src/main.ts"), 'export const answer: number = 42;\n');
+  await mkdir(path.join(dir, "console/src"), { recursive: true });
+  for (const f of ["console/tsconfig.json", "console/index.html", "console/console.css"]) await copyFile(path.join(ROOT, f), path.join(dir, f));
+  await writeFile(path.join(dir, "console/src/main.tsx"), 'document.title = "console";\n');
 });
 
 afterAll(async () => {
@@ -65,6 +69,17 @@ describe("scripts/build.sh --if-stale", () => {
     expect(changed.stderr).toMatch(/build: src\S* changed since the last build: compiling/);
     // The stamp was taken when that build started: the edit 5 s "ahead" still counts as newer.
     expect((await build("--if-stale")).stderr).toContain("compiling");
+    expect(await readFile(path.join(dir, "dist/console/app.js"), "utf8")).toContain("console");
+  });
+
+  it("bundles the console again when a file under console/ changes", async () => {
+    await build();
+    await writeFile(path.join(dir, "console/src/main.tsx"), 'document.title = "console, edited";\n');
+    await touchLater(path.join(dir, "console/src/main.tsx"), 10);
+    const changed = await build("--if-stale");
+    expect(changed.stderr).toMatch(/build: console\S* changed since the last build: compiling/);
+    expect(await readFile(path.join(dir, "dist/console/app.js"), "utf8")).toContain("console, edited");
+    await touchLater(path.join(dir, "console/src/main.tsx"), -60); // not "newer" for the tests after this one
   });
 
   it("a failed compile leaves no stamp, so the next run compiles again; without --if-stale it always compiles", async () => {

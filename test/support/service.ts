@@ -40,8 +40,8 @@ export interface TestService extends RunningService {
 /**
  * Starts the real service in this process on an ephemeral loopback port with its own data directory.
  * `vaultClock` replaces the Vault authorizer's clock (its decision cache windows), so a test steps over a
- * window instead of sleeping through it; `now` replaces the service's clock (a stalled carve turns incomplete
- * when the test moves it on).
+ * window instead of sleeping through it; `now` replaces the service's clock (starts, blocks, limits, retention);
+ * `consoleDir` where the built web console is.
  */
 export async function startTestService(
   env: Record<string, string> = {},

@@ -16,7 +16,7 @@ export const registerHoldRoutes: RegisterRoutes = (router, { services, endpoint,
     "/api/v1/carves/:carve_id/hold",
     endpoint("carve.hold", carveTarget("hold"), async (ctx) => {
       parseWith(noQuery, ctx.req.query);
-      const reason = holdReasonOf((await readSmallBody(ctx.req, HOLD_BODY_LIMIT)).toString("utf8"));
+      const reason = holdReasonOf(await readSmallBody(ctx.req, HOLD_BODY_LIMIT));
       const carveId = ctx.carveId as string;
       const by = ctx.actor.displayName ?? ctx.actor.entityId ?? "unknown";
       let record;

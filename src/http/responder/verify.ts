@@ -15,7 +15,7 @@ export const registerVerifyRoutes: RegisterRoutes = (router, { services, endpoin
     endpoint("carve.verify", carveTarget("read"), async (ctx) => {
       parseWith(noQuery, ctx.req.query);
       const carveId = ctx.carveId as string;
-      const claimedSha256 = claimedSha256Of((await readSmallBody(ctx.req, VERIFY_BODY_LIMIT)).toString("utf8"));
+      const claimedSha256 = claimedSha256Of(await readSmallBody(ctx.req, VERIFY_BODY_LIMIT));
       ctx.detail.claimedSha256 = claimedSha256;
       const record = await services.reads.get(carveId);
       ctx.detail.storedSha256 = record.sha256;
