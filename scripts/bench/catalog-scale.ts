@@ -215,6 +215,8 @@ export function markdownOf(results: StorageResult[], meta: Record<string, string
       `| V8 heap used / total, external, at that moment, MB | ${heapCell(r.empty)} | ${heapCell(r.full)} |`,
       `| RSS at the end / peak (VmHWM), MB | ${r.empty.rssEndMB} / ${r.empty.hwmMB} | ${r.full.rssEndMB} / ${r.full.hwmMB} |`,
       "",
+      r.storage === "gridfs" ? "The goals are the filesystem default's; on GridFS they are shown for reference only." : "",
+      "",
       "| goal | target | measured | met |",
       "| --- | --- | --- | --- |",
       ...goalsOf(r).map((g) => `| ${g.figure} | ${g.goal} | ${g.value} | ${g.met ? "yes" : "**no**"} |`),
