@@ -3,7 +3,7 @@ import { AppError } from "../../errors.js";
 import type { AuditLog } from "../contracts.js";
 import { decodeCursor, encodeAuditCursor } from "../listing.js";
 import type { AuditEvent, AuditPage, AuditQuery } from "../model.js";
-import { openCatalogDatabase, storageFailure } from "./sqlite-database.js";
+import { openCatalogDatabase, runStep, statementCache } from "./sqlite-database.js";
 
 /*
  * The audit trail of the embedded deployment: table `audit` of <dataDir>/catalog.sqlite (sqlite-database.ts),
@@ -57,40 +57,20 @@ function eventOf(r: AuditRow): AuditEvent {
 export class SqliteAuditLog implements AuditLog {
   readonly kind = "sqlite";
   private closed = false;
-  private readonly statements = new Map<string, Database.Statement>();
 
-  private constructor(private readonly db: Database.Database) {}
+  private readonly stmt: (sql: string) => Database.Statement;
+
+  private constructor(private readonly db: Database.Database) {
+    this.stmt = statementCache(db);
+  }
 
   /** @throws AppError STORAGE_UNAVAILABLE */
   static async open(options: { dataDir: string }): Promise<SqliteAuditLog> {
     return Promise.resolve(new SqliteAuditLog(openCatalogDatabase(options.dataDir)));
   }
 
-  private stmt(sql: string): Database.Statement {
-    let s = this.statements.get(sql);
-    if (!s) {
-      s = this.db.prepare(sql);
-      this.statements.set(sql, s);
-    }
-    return s;
-  }
-
   private run<T>(what: string, step: () => T): Promise<T> {
-    try {
-      if (this.closed) throw new AppError("STORAGE_UNAVAILABLE", "audit log is closed");
-      return Promise.resolve(step());
-    } catch (err) {
-      // A write that failed for lack of space can leave SQLite's implicit transaction open; whatever ran next on this
-      // connection would then never be committed. End it, so the caller's retry (or the next request) starts clean.
-      if (this.db.inTransaction) {
-        try {
-          this.db.exec("ROLLBACK");
-        } catch {
-          // already rolled back by SQLite itself
-        }
-      }
-      return Promise.reject(storageFailure(err, what));
-    }
+    return runStep(this.db, this.closed ? "audit log is closed" : null, what, step);
   }
 
   append(event: AuditEvent): Promise<void> {
@@ -147,7 +127,6 @@ export class SqliteAuditLog implements AuditLog {
   close(): Promise<void> {
     if (!this.closed) {
       this.closed = true;
-      this.statements.clear();
       this.db.close();
     }
     return Promise.resolve();

@@ -28,7 +28,8 @@ import {
   openCatalogDatabase,
   RETENTION,
   STALE,
-  storageFailure,
+  runStep,
+  statementCache,
   VISIBLE,
 } from "./sqlite-database.js";
 
@@ -210,13 +211,15 @@ function patchSql(p: EntryPatch, params: Params): string {
 export class SqliteCatalog implements CarveCatalog {
   readonly kind = "sqlite";
   private closed = false;
-  private readonly statements = new Map<string, Database.Statement>();
   private readonly createTx: (row: CarveRow) => { row: CarveRow; created: boolean } | null;
+
+  private readonly stmt: (sql: string) => Database.Statement;
 
   private constructor(
     private readonly db: Database.Database,
     private readonly file: string,
   ) {
+    this.stmt = statementCache(db);
     const insert = this.stmt(INSERT_CARVE);
     const byId = this.stmt("SELECT * FROM carves WHERE carve_id = ?");
     const tx = db.transaction((row: CarveRow) => {
@@ -237,32 +240,8 @@ export class SqliteCatalog implements CarveCatalog {
     return Promise.resolve(new SqliteCatalog(db, db.name));
   }
 
-  private stmt(sql: string): Database.Statement {
-    let s = this.statements.get(sql);
-    if (!s) {
-      s = this.db.prepare(sql);
-      this.statements.set(sql, s);
-    }
-    return s;
-  }
-
-  /** Runs a synchronous database step as the contract asks: closed -> STORAGE_UNAVAILABLE, failures wrapped. */
   private run<T>(what: string, step: () => T): Promise<T> {
-    try {
-      if (this.closed) throw new AppError("STORAGE_UNAVAILABLE", "catalog is closed");
-      return Promise.resolve(step());
-    } catch (err) {
-      // A write that failed for lack of space can leave SQLite's implicit transaction open; whatever ran next on this
-      // connection would then never be committed. End it, so the caller's retry (or the next request) starts clean.
-      if (this.db.inTransaction) {
-        try {
-          this.db.exec("ROLLBACK");
-        } catch {
-          // already rolled back by SQLite itself
-        }
-      }
-      return Promise.reject(storageFailure(err, what));
-    }
+    return runStep(this.db, this.closed ? "catalog is closed" : null, what, step);
   }
 
   create(entry: CatalogEntry): Promise<{ entry: CatalogEntry; created: boolean }> {
@@ -426,7 +405,6 @@ export class SqliteCatalog implements CarveCatalog {
   close(): Promise<void> {
     if (!this.closed) {
       this.closed = true;
-      this.statements.clear();
       this.db.close();
     }
     return Promise.resolve();

@@ -136,3 +136,38 @@ export function openCatalogDatabase(dataDir: string): Database.Database {
     throw storageFailure(err, `open ${file}`);
   }
 }
+
+/** Prepared statements of one connection, by SQL text: each is compiled once. */
+export function statementCache(db: Database.Database): (sql: string) => Database.Statement {
+  const statements = new Map<string, Database.Statement>();
+  return (sql) => {
+    let s = statements.get(sql);
+    if (!s) {
+      s = db.prepare(sql);
+      statements.set(sql, s);
+    }
+    return s;
+  };
+}
+
+/**
+ * Runs a synchronous database step as the contracts ask: a closed store rejects with STORAGE_UNAVAILABLE, failures
+ * are wrapped (cause kept). A write that failed for lack of space can leave SQLite's implicit transaction open;
+ * whatever ran next on the connection would then never be committed, so it is ended here and the caller's retry (or
+ * the next request) starts clean.
+ */
+export function runStep<T>(db: Database.Database, closed: string | null, what: string, step: () => T): Promise<T> {
+  try {
+    if (closed !== null) throw new AppError("STORAGE_UNAVAILABLE", closed);
+    return Promise.resolve(step());
+  } catch (err) {
+    if (db.inTransaction) {
+      try {
+        db.exec("ROLLBACK");
+      } catch {
+        // already rolled back by SQLite itself
+      }
+    }
+    return Promise.reject(storageFailure(err, what));
+  }
+}
