@@ -289,7 +289,7 @@ export function agentEndpoints(
       logRefusal(ctx, "unknown", refuseNonJson(res, new AppError("UNKNOWN_REQUEST")));
     } finally {
       if (backing && reusable) pool.release(backing);
-      budget.give(charge.held);
+      budget.release(charge);
     }
   };
 

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from "node:http";
 import { AppError } from "../errors.js";
 import type { BufferPool } from "../util/buffer-pool.js";
-import type { ByteBudget } from "../util/byte-budget.js";
+import type { BudgetHolder, ByteBudget } from "../util/byte-budget.js";
 import type { BodyWatch } from "./body-watch.js";
 
 export interface Body {
@@ -11,10 +11,9 @@ export interface Body {
   backing?: Buffer;
 }
 
-/** Bytes a body has taken from an in-flight budget; the caller gives `held` back once done with the body. */
-export interface BudgetCharge {
+/** Bytes a body has taken from an in-flight budget; the caller gives them back with budget.release(charge). */
+export interface BudgetCharge extends BudgetHolder {
   budget: ByteBudget;
-  held: number;
 }
 
 export interface ReadBodyOptions {
@@ -75,7 +74,7 @@ export async function readBody(req: IncomingMessage, limit: number, options: Rea
       chunks.push(chunk);
       received += chunk.length;
       if (!charge) return;
-      const wait = charge.budget.take(chunk.length, charge.held);
+      const wait = charge.budget.take(chunk.length, charge);
       if (wait === null) {
         charge.held += chunk.length;
         return;
