@@ -6,9 +6,12 @@ import { startService } from "./server.js";
 
 /**
  * V8's heap heuristics favour speed over memory: under a stream of agent requests the heap grew to ~80 MB
- * for ~18 MB of live objects (peak RSS 150+ MB with 50 agents). --optimize-for-size keeps it near what is live
- * (peak ~90 MB with 8 KiB blocks) at no throughput cost measured here (README, Benchmark). A choice made on
- * the command line or in NODE_OPTIONS (--no-optimize-for-size) wins.
+ * for ~18 MB of live objects (peak RSS 150+ MB with 50 agents). --optimize-for-size keeps it near what is live.
+ * Set here it only reaches what V8 decides after start-up (the old generation's growth): the young generation is
+ * sized when V8 starts (32 MiB of semi-spaces, measured with v8.getHeapSpaceStatistics(), against 2 MiB with the
+ * flag on the command line; 50 agents x 8 KiB blocks peaked at 127-129 MB against 91 MB), so the launch commands
+ * (npm start, the Dockerfile, the benchmark) pass it as well. A choice made on the command line or in
+ * NODE_OPTIONS (--no-optimize-for-size) wins.
  */
 function tuneHeapForMemory(): void {
   const given = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? "").split(/\s+/)];

@@ -114,6 +114,8 @@ const USAGE = `npm run bench -- [options]
   --out DIR                         results directory (default bench/results, git-ignored)
   --agents LIST                     only these agent counts (e.g. 10,50)
   --block-sizes LIST                only these block sizes (e.g. 8KiB,1MiB)
+  --carve-size SIZE                 every agent's carve of the chosen cases is SIZE (longer steady runs, to
+                                    profile; e.g. 32MiB)
   --repeat N                        run every case N times, interleaved (default 3, --quick 1); the summary
                                     and the goals use medians (RSS: the largest peak)
   --skip-bare                       do not run the bare server (no ratios)
@@ -121,7 +123,9 @@ const USAGE = `npm run bench -- [options]
   --no-warmup                       measure from the target's first request (default: every agent first
                                     uploads an unmeasured carve, ~2000 blocks in all, 40 with 1 MiB blocks)
   --log-level LEVEL                 the service's LOG_LEVEL (default warn)
-  --node-args="ARGS"                extra node options for the service children (e.g. "--max-old-space-size=64")
+  --node-args="ARGS"                extra node options for the Node children, the service and the bare server
+                                    (e.g. "--max-old-space-size=64"); they run with --optimize-for-size, as npm
+                                    start and the Dockerfile start the service, unless ARGS has --[no-]optimize-for-size
   --service-dist DIR                measure another compiled service: DIR/src/main.js (default dist)
   --service-env K=V                 extra environment of the service children (repeatable, e.g. MALLOC_ARENA_MAX=2)
   --cpu-prof                        run the Node children with node --cpu-prof and print their hottest functions
@@ -194,6 +198,7 @@ async function main(): Promise<number> {
       out: { type: "string", default: "bench/results" },
       agents: { type: "string" },
       "block-sizes": { type: "string" },
+      "carve-size": { type: "string" },
       repeat: { type: "string" },
       "skip-bare": { type: "boolean", default: false },
       "skip-go": { type: "boolean", default: false },
@@ -247,9 +252,11 @@ async function main(): Promise<number> {
   const matrixName = values.matrix ?? (values.quick ? "quick" : "full");
   const cases = MATRICES[matrixName];
   if (!cases) throw new Error(`--matrix must be ${Object.keys(MATRICES).join(", ")}, not ${matrixName}`);
-  const matrix = cases.filter(
-    (c) => (!agentFilter || agentFilter.includes(c.agents)) && (!sizeFilter || sizeFilter.includes(c.blockSize)),
-  );
+  const carveSize = values["carve-size"] === undefined ? undefined : parseSize(values["carve-size"]);
+  if (carveSize !== undefined && carveSize < 1) throw new Error("--carve-size must be at least 1 byte");
+  const matrix = cases
+    .filter((c) => (!agentFilter || agentFilter.includes(c.agents)) && (!sizeFilter || sizeFilter.includes(c.blockSize)))
+    .map((c) => (carveSize === undefined ? c : { ...c, carveBytes: carveSize }));
   if (values["only-downloads"] && values["skip-downloads"])
     throw new Error("--only-downloads and --skip-downloads exclude each other");
   const runUploads = !values["only-downloads"];
@@ -267,7 +274,12 @@ async function main(): Promise<number> {
     if (eq <= 0) throw new Error(`--service-env expects NAME=VALUE, not ${kv}`);
     serviceEnv[kv.slice(0, eq)] = kv.slice(eq + 1);
   }
-  const serviceNodeArgs = values["node-args"].split(/\s+/).filter((a) => a !== "");
+  // The Node children start as npm start and the Dockerfile start the service: with --optimize-for-size on the
+  // command line (V8 sizes its young generation at start-up, src/main.ts), unless --node-args says otherwise.
+  const givenNodeArgs = values["node-args"].split(/\s+/).filter((a) => a !== "");
+  const serviceNodeArgs = givenNodeArgs.some((a) => /^--(no-)?optimize[-_]for[-_]size$/.test(a))
+    ? givenNodeArgs
+    : ["--optimize-for-size", ...givenNodeArgs];
   const extraNotes: string[] = [];
   let goBinary: string | undefined;
   if (runUploads && !values["skip-go"]) {
