@@ -4,28 +4,16 @@ import type { FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { AppError } from "../../errors.js";
 import type { Logger } from "../../logger.js";
-import { archiveExtension, blockOffset, detectCompression, expectedBlockLength, isSafeId } from "../../carves/geometry.js";
+import { blockOffset, detectCompression, expectedBlockLength, isSafeId } from "../../carves/geometry.js";
 import { crashPoint } from "../../util/crash-point.js";
 import type { ArchiveFacts, ArchiveRef, BlobReader, BlobStore, BlockWrite, ImportLimits, UploadProgress } from "../contracts.js";
 import type { ByteRange, Compression, Session, StoreHealth } from "../model.js";
+import { DataDirPaths } from "./data-dir-paths.js";
 import { acquireDirLock, type DirLock } from "./dir-lock.js";
 import { SpaceReserve } from "./space-reserve.js";
 import { errno, freeBytesOf, fsyncDir, hashFile, probeHealth, journalBlocks, journalRecord, readFully, streamToFile, Upload, wrapIo, writeFully } from "./fs-io.js";
 
-/*
- * Bytes in the data directory (every path is built from validated ids and checked to stay inside):
- *
- *   carves/<carve_id>.tar[.zst]   published archives, plain files an operator can pick up
- *   sessions/<carve_id>/data.part the archive being received, each block written at its offset
- *   sessions/<carve_id>/journal   8-byte records (block id, check) appended after a block's bytes are written:
- *                                 the durable list of stored blocks, replayed after a restart
- *   tmp/                          staging for imports and probes; emptied at start-up
- *   .lock                         pid of the one process that owns this directory
- *
- * A block is acknowledged only after its bytes and its journal record are written (fsync of each is optional:
- * a process crash keeps the page cache, a power loss needs fsyncEachBlock). Publication fsyncs the data and
- * renames it into carves/: a file there is only ever a whole archive.
- */
+/* The data directory's layout, and what makes a block stored: ./data-dir-paths.ts. */
 
 /** Bytes of already-stored blocks hashed inline when an earlier gap fills; the rest waits for completion. */
 const INLINE_CATCH_UP_BYTES = 64 * 1024 * 1024;
@@ -45,6 +33,7 @@ export interface FilesystemBlobsOptions {
 export class FilesystemBlobs implements BlobStore {
   readonly kind = "filesystem";
   readonly root: string;
+  private readonly paths: DataDirPaths;
   private readonly logger: Logger;
   private readonly fsyncEachBlock: boolean;
   private readonly maxOpen: number;
@@ -61,6 +50,7 @@ export class FilesystemBlobs implements BlobStore {
     private readonly reserve: SpaceReserve,
   ) {
     this.root = root;
+    this.paths = new DataDirPaths(root);
     this.logger = options.logger;
     this.fsyncEachBlock = options.fsyncEachBlock ?? false;
     this.maxOpen = options.maxOpenUploads ?? 256;
@@ -87,28 +77,6 @@ export class FilesystemBlobs implements BlobStore {
     }
   }
 
-  private p(...parts: string[]): string {
-    const full = path.join(this.root, ...parts);
-    if (full !== this.root && !full.startsWith(this.root + path.sep)) throw new AppError("INTERNAL", "path escapes the data directory");
-    return full;
-  }
-
-  private sessionDir(carveId: string): string {
-    return this.p("sessions", carveId);
-  }
-
-  private partPath(carveId: string): string {
-    return this.p("sessions", carveId, "data.part");
-  }
-
-  private journalPath(carveId: string): string {
-    return this.p("sessions", carveId, "journal");
-  }
-
-  private finalPath(carveId: string, compression: Compression): string {
-    return this.p("carves", `${carveId}${archiveExtension(compression)}`);
-  }
-
   private assertOpen(): void {
     if (this.closed) throw new AppError("STORAGE_UNAVAILABLE", "store is closed");
   }
@@ -130,7 +98,7 @@ export class FilesystemBlobs implements BlobStore {
   /** The published archive of a carve, if there is one. */
   private async published(carveId: string): Promise<{ file: string; compression: Compression } | null> {
     for (const compression of ["none", "zstd"] as const) {
-      const file = this.finalPath(carveId, compression);
+      const file = this.paths.finalPath(carveId, compression);
       try {
         await fsp.access(file);
         return { file, compression };
@@ -146,7 +114,7 @@ export class FilesystemBlobs implements BlobStore {
     if (!isSafeId(session.carveId) || !isSafeId(session.sessionId)) throw new AppError("INVALID_START", "unsafe identifier");
     this.assertRoom();
     try {
-      await fsp.mkdir(this.sessionDir(session.carveId), { recursive: true });
+      await fsp.mkdir(this.paths.sessionDir(session.carveId), { recursive: true });
     } catch (err) {
       throw wrapIo(err, `begin upload of ${session.carveId}`);
     }
@@ -156,12 +124,8 @@ export class FilesystemBlobs implements BlobStore {
 
   /** The upload in memory, loaded from its journal if needed; null when it has no staging directory. */
   private async upload(session: Session): Promise<Upload | null> {
-    const hit = this.active.get(session.carveId);
-    if (hit && !hit.stale && hit.session.sessionId === session.sessionId) {
-      this.active.delete(session.carveId); // re-insert: most recently used
-      this.active.set(session.carveId, hit);
-      return hit;
-    }
+    const hit = this.inMemory(session);
+    if (hit) return hit;
     const pending = this.loading.get(session.carveId);
     if (pending) return pending;
     const load = this.load(session)
@@ -174,21 +138,30 @@ export class FilesystemBlobs implements BlobStore {
     return load;
   }
 
+  /** The upload if it is in memory (and marked most recently used), without a promise. */
+  private inMemory(session: Session): Upload | null {
+    const hit = this.active.get(session.carveId);
+    if (!hit || hit.stale || hit.session.sessionId !== session.sessionId) return null;
+    this.active.delete(session.carveId); // re-insert: most recently used
+    this.active.set(session.carveId, hit);
+    return hit;
+  }
+
   private async load(session: Session): Promise<Upload | null> {
     // A file in carves/ is a whole archive: staging beside it is a crash's leftover, never to be reopened.
     if (await this.published(session.carveId)) {
-      await fsp.rm(this.sessionDir(session.carveId), { recursive: true, force: true });
+      await fsp.rm(this.paths.sessionDir(session.carveId), { recursive: true, force: true });
       return null;
     }
     const upload = new Upload(session);
     let buf: Buffer;
     try {
-      buf = await fsp.readFile(this.journalPath(session.carveId));
-      upload.lastBlockAt = (await fsp.stat(this.journalPath(session.carveId))).mtime;
+      buf = await fsp.readFile(this.paths.journalPath(session.carveId));
+      upload.lastBlockAt = (await fsp.stat(this.paths.journalPath(session.carveId))).mtime;
     } catch (err) {
       if (errno(err) !== "ENOENT") throw wrapIo(err, `read journal of ${session.carveId}`);
       try {
-        await fsp.access(this.sessionDir(session.carveId));
+        await fsp.access(this.paths.sessionDir(session.carveId));
       } catch {
         return null;
       }
@@ -224,12 +197,12 @@ export class FilesystemBlobs implements BlobStore {
 
   private async dataFile(upload: Upload): Promise<FileHandle> {
     // O_CREAT without O_TRUNC or O_APPEND: positional writes at each block's offset.
-    upload.dataFd ??= await fsp.open(this.partPath(upload.session.carveId), fsc.O_RDWR | fsc.O_CREAT, 0o640);
+    upload.dataFd ??= await fsp.open(this.paths.partPath(upload.session.carveId), fsc.O_RDWR | fsc.O_CREAT, 0o640);
     return upload.dataFd;
   }
 
   private async journalFile(upload: Upload): Promise<FileHandle> {
-    upload.journalFd ??= await fsp.open(this.journalPath(upload.session.carveId), fsc.O_RDWR | fsc.O_CREAT, 0o640);
+    upload.journalFd ??= await fsp.open(this.paths.journalPath(upload.session.carveId), fsc.O_RDWR | fsc.O_CREAT, 0o640);
     return upload.journalFd;
   }
 
@@ -240,9 +213,20 @@ export class FilesystemBlobs implements BlobStore {
     if (!Number.isInteger(blockId) || blockId < 0 || blockId >= session.blockCount) throw new AppError("BLOCK_OUT_OF_RANGE");
     if (data.length !== expectedBlockLength(session, blockId)) throw new AppError("BLOCK_LENGTH_MISMATCH");
     FilesystemBlobs.checkIds(session);
-    const upload = await this.upload(session);
+    const upload = this.inMemory(session) ?? (await this.upload(session));
     if (!upload) return this.compareWithArchive(session, blockId, data);
     if (!upload.has(blockId)) this.assertRoom();
+    // The common case (a new small block of an upload in memory, nothing else running on it) is stored without
+    // the mutex and without a promise per step: nothing can run in between, as nothing there waits. Same steps,
+    // same order, same crash points as below (where a small block's writes are synchronous too).
+    if (upload.mutex.idle && !this.fsyncEachBlock && upload.storableNow(blockId, data.length)) {
+      try {
+        upload.storeNow(blockId, data, this.now());
+        return { duplicate: false, allStored: upload.received === session.blockCount, published: false };
+      } catch (err) {
+        return this.writeFailed(upload, blockId, data, err);
+      }
+    }
     return upload.mutex.run(async () => {
       this.assertOpen();
       // Queued behind an operation that dropped this object (completion, delete, I/O error): start over.
@@ -263,26 +247,25 @@ export class FilesystemBlobs implements BlobStore {
         // Positional write at the known end: a failed, torn write is overwritten by the next append.
         await writeFully(journal, journalRecord(blockId), upload.journalLength);
         if (this.fsyncEachBlock) await journal.datasync();
-        upload.journalLength += 8;
-        crashPoint("block.after-journal");
-        upload.mark(blockId);
-        upload.received++;
-        upload.bytes += data.length;
-        upload.lastBlockAt = this.now();
+        upload.journaled(blockId, data.length, this.now());
         await this.advanceHash(upload, blockId, data);
         return { duplicate: false, allStored: upload.received === session.blockCount, published: false };
       } catch (err) {
-        if (err instanceof AppError) throw err;
-        if (errno(err) === "ENOENT") {
-          // The staging directory went away under us: deleted, or published by a completion.
-          this.forget(upload);
-          return this.compareWithArchive(session, blockId, data);
-        }
-        // The state on disk may be ahead of memory: forget the upload, the journal is the truth.
-        this.forget(upload);
-        throw wrapIo(err, `store block ${blockId} of ${session.carveId}`);
+        return this.writeFailed(upload, blockId, data, err);
       }
     });
+  }
+
+  private async writeFailed(upload: Upload, blockId: number, data: Buffer, err: unknown): Promise<BlockWrite> {
+    if (err instanceof AppError) throw err;
+    if (errno(err) === "ENOENT") {
+      // The staging directory went away under us: deleted, or published by a completion.
+      this.forget(upload);
+      return this.compareWithArchive(upload.session, blockId, data);
+    }
+    // The state on disk may be ahead of memory: forget the upload, the journal is the truth.
+    this.forget(upload);
+    throw wrapIo(err, `store block ${blockId} of ${upload.session.carveId}`);
   }
 
   /** A block for an upload without staging: a re-send after publication, compared with the archive. */
@@ -382,10 +365,10 @@ export class FilesystemBlobs implements BlobStore {
     crashPoint("complete.after-hash");
     this.forget(upload);
     await upload.closeFiles();
-    await fsp.rename(this.partPath(carveId), this.finalPath(carveId, compression));
-    await fsyncDir(this.p("carves"));
+    await fsp.rename(this.paths.partPath(carveId), this.paths.finalPath(carveId, compression));
+    await fsyncDir(this.paths.p("carves"));
     crashPoint("complete.after-publish");
-    await fsp.rm(this.sessionDir(carveId), { recursive: true, force: true });
+    await fsp.rm(this.paths.sessionDir(carveId), { recursive: true, force: true });
     return { sha256, compression, size };
   }
 
@@ -409,7 +392,7 @@ export class FilesystemBlobs implements BlobStore {
   ): Promise<ArchiveFacts> {
     this.assertOpen();
     FilesystemBlobs.checkIds(target);
-    const part = this.p("tmp", `${randomBytes(12).toString("hex")}.import`);
+    const part = this.paths.p("tmp", `${randomBytes(12).toString("hex")}.import`);
     let fd: FileHandle | null = null;
     let published: string | null = null;
     try {
@@ -424,9 +407,9 @@ export class FilesystemBlobs implements BlobStore {
       fd = null;
       const compression = detectCompression(head);
       crashPoint("import.before-publish");
-      published = this.finalPath(target.carveId, compression);
+      published = this.paths.finalPath(target.carveId, compression);
       await fsp.rename(part, published);
-      await fsyncDir(this.p("carves"));
+      await fsyncDir(this.paths.p("carves"));
       return { sha256, compression, size };
     } catch (err) {
       await fd?.close().catch(() => undefined);
@@ -441,7 +424,7 @@ export class FilesystemBlobs implements BlobStore {
     this.assertOpen();
     if (!isSafeId(ref.carveId)) throw new AppError("CARVE_NOT_FOUND");
     try {
-      const fd = await fsp.open(this.finalPath(ref.carveId, ref.compression), "r");
+      const fd = await fsp.open(this.paths.finalPath(ref.carveId, ref.compression), "r");
       const stream = fd.createReadStream({
         autoClose: true,
         ...(range ? { start: range.start, end: range.end } : {}),
@@ -464,12 +447,12 @@ export class FilesystemBlobs implements BlobStore {
       if (hit) this.forget(hit);
       let freed = 0;
       try {
-        for (const file of [this.finalPath(target.carveId, "none"), this.finalPath(target.carveId, "zstd"), this.partPath(target.carveId)]) {
+        for (const file of [this.paths.finalPath(target.carveId, "none"), this.paths.finalPath(target.carveId, "zstd"), this.paths.partPath(target.carveId)]) {
           freed += await fsp.stat(file).then((s) => s.size, () => 0);
           await fsp.rm(file, { force: true });
         }
         crashPoint("delete.after-bytes");
-        await fsp.rm(this.sessionDir(target.carveId), { recursive: true, force: true });
+        await fsp.rm(this.paths.sessionDir(target.carveId), { recursive: true, force: true });
       } catch (err) {
         throw wrapIo(err, `delete ${target.carveId}`);
       }
