@@ -10,7 +10,8 @@ import type { ArchiveFacts, ArchiveRef, BlobReader, BlobStore, BlockWrite, Impor
 import type { ByteRange, Compression, Session, StoreHealth } from "../model.js";
 import { acquireDirLock, type DirLock } from "./dir-lock.js";
 import { SpaceReserve } from "./space-reserve.js";
-import { errno, freeBytesOf, fsyncDir, hashFile, probeHealth, journalBlocks, journalRecord, readFully, streamToFile, Upload, wrapIo, writeFully } from "./fs-io.js";
+import { errno, freeBytesOf, fsyncDir, hashFile, probeHealth, readFully, streamToFile, wrapIo, writeFully } from "./fs-io.js";
+import { journalIn, journalRecord, progressOf, readStaging, Upload, type JournalState } from "./upload-journal.js";
 
 /*
  * Bytes in the data directory (every path is built from validated ids and checked to stay inside):
@@ -18,7 +19,7 @@ import { errno, freeBytesOf, fsyncDir, hashFile, probeHealth, journalBlocks, jou
  *   carves/<carve_id>.tar[.zst]   published archives, plain files an operator can pick up
  *   sessions/<carve_id>/data.part the archive being received, each block written at its offset
  *   sessions/<carve_id>/journal   8-byte records (block id, check) appended after a block's bytes are written:
- *                                 the durable list of stored blocks, replayed after a restart
+ *                                 the durable list of stored blocks, replayed after a restart (./upload-journal.ts)
  *   tmp/                          staging for imports and probes; emptied at start-up
  *   .lock                         pid of the one process that owns this directory
  *
@@ -102,7 +103,7 @@ export class FilesystemBlobs implements BlobStore {
   }
 
   private journalPath(carveId: string): string {
-    return this.p("sessions", carveId, "journal");
+    return journalIn(this.sessionDir(carveId));
   }
 
   private finalPath(carveId: string, compression: Compression): string {
@@ -164,8 +165,9 @@ export class FilesystemBlobs implements BlobStore {
     }
     const pending = this.loading.get(session.carveId);
     if (pending) return pending;
-    const load = this.load(session)
-      .then((u) => {
+    const load = this.readStaging(session)
+      .then((staging) => {
+        const u = staging ? new Upload(session, staging.journal) : null;
         if (u) this.remember(u);
         return u;
       })
@@ -174,35 +176,19 @@ export class FilesystemBlobs implements BlobStore {
     return load;
   }
 
-  private async load(session: Session): Promise<Upload | null> {
+  /** What the disk holds of an upload (journal null: no block stored yet); null when it has no staging. */
+  private async readStaging(session: Session): Promise<{ journal: JournalState | null } | null> {
+    const { carveId } = session;
     // A file in carves/ is a whole archive: staging beside it is a crash's leftover, never to be reopened.
-    if (await this.published(session.carveId)) {
-      await fsp.rm(this.sessionDir(session.carveId), { recursive: true, force: true });
+    if (await this.published(carveId)) {
+      await fsp.rm(this.sessionDir(carveId), { recursive: true, force: true });
       return null;
     }
-    const upload = new Upload(session);
-    let buf: Buffer;
     try {
-      buf = await fsp.readFile(this.journalPath(session.carveId));
-      upload.lastBlockAt = (await fsp.stat(this.journalPath(session.carveId))).mtime;
+      return await readStaging(this.sessionDir(carveId), session);
     } catch (err) {
-      if (errno(err) !== "ENOENT") throw wrapIo(err, `read journal of ${session.carveId}`);
-      try {
-        await fsp.access(this.sessionDir(session.carveId));
-      } catch {
-        return null;
-      }
-      buf = Buffer.alloc(0);
+      throw wrapIo(err, `read journal of ${carveId}`);
     }
-    for (const id of journalBlocks(buf, session.blockCount)) {
-      if (upload.has(id)) continue;
-      upload.mark(id);
-      upload.received++;
-      upload.bytes += expectedBlockLength(session, id);
-    }
-    // A torn trailing record (crash mid-append) is overwritten by the next append.
-    upload.journalLength = Math.floor(buf.length / 8) * 8;
-    return upload;
   }
 
   /** Keeps an upload in memory; beyond the cap, idle ones are dropped (their files closed) oldest first. */
@@ -323,14 +309,12 @@ export class FilesystemBlobs implements BlobStore {
     this.assertOpen();
     if (!isSafeId(session.carveId)) return null;
     const hit = this.active.get(session.carveId);
-    const upload = hit && !hit.stale && hit.session.sessionId === session.sessionId ? hit : await this.load(session);
-    if (!upload) return null;
-    return {
-      blocksReceived: upload.received,
-      bytesReceived: upload.bytes,
-      lastBlockAt: upload.lastBlockAt,
-      missing: upload.missing(missingLimit),
-    };
+    if (hit && !hit.stale && hit.session.sessionId === session.sessionId) {
+      return { blocksReceived: hit.received, bytesReceived: hit.bytes, lastBlockAt: hit.lastBlockAt, missing: hit.missing(missingLimit) };
+    }
+    const staging = await this.readStaging(session);
+    if (!staging) return null;
+    return progressOf(staging.journal, session, missingLimit);
   }
 
   // ---------------------------------------------------------------- completion
