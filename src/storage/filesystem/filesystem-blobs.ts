@@ -11,7 +11,7 @@ import type { ByteRange, Compression, Session, StoreHealth } from "../model.js";
 import { acquireDirLock, type DirLock } from "./dir-lock.js";
 import { SpaceReserve } from "./space-reserve.js";
 import { errno, freeBytesOf, fsyncDir, hashFile, probeHealth, readFully, streamToFile, wrapIo, writeFully } from "./fs-io.js";
-import { journalIn, journalRecord, progressOf, readStaging, Upload, type JournalState } from "./upload-journal.js";
+import { journalIn, journalRecord, JournalProgressCache, progressOf, readStaging, Upload, type JournalState } from "./upload-journal.js";
 
 /*
  * Bytes in the data directory (every path is built from validated ids and checked to stay inside):
@@ -37,6 +37,8 @@ export interface FilesystemBlobsOptions {
   fsyncEachBlock?: boolean;
   /** Uploads kept in memory with open files; older ones are reloaded from their journal. */
   maxOpenUploads?: number;
+  /** Progress of uploads not in memory kept from their journals, checked by a stat (./upload-journal.ts). */
+  maxCachedProgress?: number;
   /** The clock of "last block stored" (tests move it). */
   now?: () => Date;
   /** Disk kept back for custody writes when the disk fills (./space-reserve.ts); default 8 MiB. */
@@ -53,6 +55,7 @@ export class FilesystemBlobs implements BlobStore {
   /** Uploads in memory with open files, least recently used first. */
   private readonly active = new Map<string, Upload>();
   private readonly loading = new Map<string, Promise<Upload | null>>();
+  private readonly progressCache: JournalProgressCache;
   private closed = false;
 
   private constructor(
@@ -66,6 +69,7 @@ export class FilesystemBlobs implements BlobStore {
     this.fsyncEachBlock = options.fsyncEachBlock ?? false;
     this.maxOpen = options.maxOpenUploads ?? 256;
     this.now = options.now ?? (() => new Date());
+    this.progressCache = new JournalProgressCache(options.maxCachedProgress ?? 4096);
   }
 
   /**
@@ -194,6 +198,7 @@ export class FilesystemBlobs implements BlobStore {
   /** Keeps an upload in memory; beyond the cap, idle ones are dropped (their files closed) oldest first. */
   private remember(upload: Upload): void {
     this.active.set(upload.session.carveId, upload);
+    this.progressCache.drop(upload.session.carveId); // memory answers now
     for (const [id, u] of this.active) {
       if (this.active.size <= this.maxOpen) break;
       if (u === upload || !u.mutex.idle) continue;
@@ -204,6 +209,7 @@ export class FilesystemBlobs implements BlobStore {
 
   private forget(upload: Upload): void {
     upload.stale = true;
+    this.progressCache.drop(upload.session.carveId);
     if (this.active.get(upload.session.carveId) === upload) this.active.delete(upload.session.carveId);
     void upload.closeFiles();
   }
@@ -312,8 +318,14 @@ export class FilesystemBlobs implements BlobStore {
     if (hit && !hit.stale && hit.session.sessionId === session.sessionId) {
       return { blocksReceived: hit.received, bytesReceived: hit.bytes, lastBlockAt: hit.lastBlockAt, missing: hit.missing(missingLimit) };
     }
+    // Not in memory: a journal unchanged since it was last read answers from the cache (a list page's case).
+    if (missingLimit === 0) {
+      const cached = await this.progressCache.lookup(session, this.journalPath(session.carveId));
+      if (cached) return cached;
+    }
     const staging = await this.readStaging(session);
     if (!staging) return null;
+    if (staging.journal) this.progressCache.remember(session, staging.journal);
     return progressOf(staging.journal, session, missingLimit);
   }
 
@@ -446,6 +458,7 @@ export class FilesystemBlobs implements BlobStore {
     const hit = this.active.get(target.carveId);
     const run = async (): Promise<number> => {
       if (hit) this.forget(hit);
+      this.progressCache.drop(target.carveId);
       let freed = 0;
       try {
         for (const file of [this.finalPath(target.carveId, "none"), this.finalPath(target.carveId, "zstd"), this.partPath(target.carveId)]) {
@@ -470,7 +483,7 @@ export class FilesystemBlobs implements BlobStore {
 
   async health(): Promise<StoreHealth> {
     if (this.closed) return { ok: false, backend: this.kind, detail: { dataDir: this.root, error: "store is closed" } };
-    return probeHealth(this.kind, this.root, { activeUploads: this.active.size });
+    return probeHealth(this.kind, this.root, { activeUploads: this.active.size, cachedProgress: this.progressCache.size });
   }
 
   async close(): Promise<void> {
@@ -478,6 +491,7 @@ export class FilesystemBlobs implements BlobStore {
     this.closed = true;
     await Promise.all([...this.active.values()].map((u) => u.mutex.run(() => u.closeFiles())));
     this.active.clear();
+    this.progressCache.clear();
     await this.lock.release();
     this.logger.debug({ dataDir: this.root }, "filesystem blobs closed");
   }

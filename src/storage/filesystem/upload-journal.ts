@@ -10,8 +10,9 @@ import { errno, readFully } from "./fs-io.js";
 
 /*
  * An upload's journal (sessions/<carve_id>/journal): 8-byte records (block id, check) appended after a block's
- * bytes are written, the durable list of stored blocks. This module reads it back and holds an upload's state in
- * memory (Upload); progress of an upload not in memory is read from its journal without building an Upload.
+ * bytes are written, the durable list of stored blocks. This module reads it back, holds an upload's state in
+ * memory (Upload), and answers progress of uploads not in memory from a bounded cache of what their journals
+ * said, checked against the journal's stat each time.
  */
 
 export const JOURNAL_RECORD_SIZE = 8;
@@ -37,6 +38,26 @@ export function* journalBlocks(buf: Buffer, blockCount: number): Generator<numbe
   }
 }
 
+/**
+ * Which content of a journal file was read. The store only ever appends to a journal (a torn trailing record
+ * is overwritten by a longer write), so every write changes its size and mtime; a re-created file has a new
+ * inode or starts again from size 0.
+ */
+export interface JournalStamp {
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  ino: number;
+}
+
+function stampOf(st: { size: number; mtimeMs: number; ctimeMs: number; ino: number }): JournalStamp {
+  return { size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino };
+}
+
+function sameStamp(a: JournalStamp, b: JournalStamp): boolean {
+  return a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino;
+}
+
 /** What a journal says about an upload. */
 export interface JournalState {
   bitmap: Uint8Array;
@@ -46,6 +67,7 @@ export interface JournalState {
   length: number;
   /** The journal's mtime: when the last block was stored. */
   lastBlockAt: Date;
+  stamp: JournalStamp;
 }
 
 const hasBit = (bitmap: Uint8Array, id: number): boolean => ((bitmap[id >> 3] ?? 0) & (1 << (id & 7))) !== 0;
@@ -56,7 +78,10 @@ function missingOf(bitmap: Uint8Array, blockCount: number, limit: number): numbe
   return out;
 }
 
-/** Reads a journal; null when there is none (no block stored yet, or the staging is gone). */
+/**
+ * Reads a journal; null when there is none (no block stored yet, or the staging is gone). The stamp is taken
+ * before the bytes are read, so a block appended meanwhile makes the stamp stale rather than the state.
+ */
 export async function readJournal(file: string, session: Session): Promise<JournalState | null> {
   let fd: FileHandle;
   try {
@@ -78,7 +103,7 @@ export async function readJournal(file: string, session: Session): Promise<Journ
       bytes += expectedBlockLength(session, id);
     }
     const length = Math.floor(buf.length / JOURNAL_RECORD_SIZE) * JOURNAL_RECORD_SIZE;
-    return { bitmap, received, bytes, length, lastBlockAt: st.mtime };
+    return { bitmap, received, bytes, length, lastBlockAt: st.mtime, stamp: stampOf(st) };
   } finally {
     await fd.close();
   }
@@ -159,5 +184,84 @@ export class Upload {
     this.dataFd = null;
     this.journalFd = null;
     await Promise.all(fds.map((fd) => (fd ? fd.close().catch(() => undefined) : Promise.resolve())));
+  }
+}
+
+interface CachedProgress {
+  sessionId: string;
+  stamp: JournalStamp;
+  blocksReceived: number;
+  bytesReceived: number;
+  lastBlockAt: Date;
+}
+
+/**
+ * Progress of uploads not in memory, as their journals said when last read (a list page asks for the same
+ * receiving carves again and again; reading each journal costs an open, fstat, read and close). An answer is
+ * given only while the journal's stat still matches the one taken before it was read: one stat instead of a read,
+ * and exact, because every stored block changes the journal's size and mtime. Counts only, no block bitmap, so
+ * an entry has a fixed size; at most `max` entries, least recently used dropped first.
+ */
+export class JournalProgressCache {
+  private readonly entries = new Map<string, CachedProgress>();
+
+  constructor(private readonly max: number) {}
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** The cached progress if the journal at `file` is unchanged since; undefined when it must be read. */
+  async lookup(session: Session, file: string): Promise<UploadProgress | undefined> {
+    const hit = this.entries.get(session.carveId);
+    if (!hit) return undefined;
+    if (hit.sessionId !== session.sessionId) {
+      this.entries.delete(session.carveId);
+      return undefined;
+    }
+    const current = (): boolean => this.entries.get(session.carveId) === hit;
+    let stamp: JournalStamp;
+    try {
+      stamp = stampOf(await fsp.stat(file));
+    } catch {
+      // Gone (deleted, published) or unreadable: the caller's read of the journal gives the answer or the error.
+      if (current()) this.entries.delete(session.carveId);
+      return undefined;
+    }
+    if (!sameStamp(stamp, hit.stamp)) {
+      if (current()) this.entries.delete(session.carveId);
+      return undefined;
+    }
+    if (current()) {
+      // Re-insert, most recently used; unless a newer read replaced the entry while the stat ran.
+      this.entries.delete(session.carveId);
+      this.entries.set(session.carveId, hit);
+    }
+    return { blocksReceived: hit.blocksReceived, bytesReceived: hit.bytesReceived, lastBlockAt: hit.lastBlockAt, missing: [] };
+  }
+
+  remember(session: Session, state: JournalState): void {
+    if (this.max <= 0) return;
+    this.entries.delete(session.carveId);
+    this.entries.set(session.carveId, {
+      sessionId: session.sessionId,
+      stamp: state.stamp,
+      blocksReceived: state.received,
+      bytesReceived: state.bytes,
+      lastBlockAt: state.lastBlockAt,
+    });
+    for (const id of this.entries.keys()) {
+      if (this.entries.size <= this.max) break;
+      this.entries.delete(id);
+    }
+  }
+
+  /** Forgets a carve's entry: its upload is in memory, published or deleted. */
+  drop(carveId: string): void {
+    this.entries.delete(carveId);
+  }
+
+  clear(): void {
+    this.entries.clear();
   }
 }
