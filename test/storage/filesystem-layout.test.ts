@@ -133,6 +133,31 @@ describe("filesystem store layout and recovery", () => {
     await store.close();
   });
 
+  it("lists a receiving carve's progress exactly after a restart and as blocks arrive after it", async () => {
+    let store = await FilesystemCarveStore.create({ dataDir: dir });
+    const carve = makeCarve({ size: 3500, blockSize: 1000 });
+    const { session } = await store.createSession(carve.spec, "progress1");
+    await store.putBlock(session, 3, carve.blocks[3]!);
+    await store.close();
+
+    const listed = async (): Promise<unknown> => {
+      const page = await store.listCarves({ status: "receiving", limit: 10 });
+      return page.carves.map((c) => [c.carveId, c.blocksReceived, c.bytesReceived]);
+    };
+    store = await FilesystemCarveStore.create({ dataDir: dir });
+    // twice: the second answer is the store's cached reading of the journal
+    expect(await listed()).toEqual([[carve.spec.carveId, 1, 500]]);
+    expect(await listed()).toEqual([[carve.spec.carveId, 1, 500]]);
+    await store.putBlock(session, 0, carve.blocks[0]!);
+    expect(await listed()).toEqual([[carve.spec.carveId, 2, 1500]]);
+    await store.close();
+
+    store = await FilesystemCarveStore.create({ dataDir: dir });
+    expect(await listed()).toEqual([[carve.spec.carveId, 2, 1500]]);
+    expect((await store.getCarve(carve.spec.carveId)).blocksReceived).toBe(2);
+    await store.close();
+  });
+
   it("owns its data directory: a live owner is refused, a dead owner's lock is taken over", async () => {
     const store = await FilesystemCarveStore.create({ dataDir: dir });
     await expect(FilesystemCarveStore.create({ dataDir: dir })).rejects.toThrow(/already open/);

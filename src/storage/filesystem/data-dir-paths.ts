@@ -2,6 +2,7 @@ import path from "node:path";
 import { AppError } from "../../errors.js";
 import { archiveExtension } from "../../carves/geometry.js";
 import type { Compression } from "../model.js";
+import { journalIn } from "./upload-journal.js";
 
 /*
  * Bytes in the data directory (every path is built from validated ids and checked to stay inside):
@@ -9,7 +10,7 @@ import type { Compression } from "../model.js";
  *   carves/<carve_id>.tar[.zst]   published archives, plain files an operator can pick up
  *   sessions/<carve_id>/data.part the archive being received, each block written at its offset
  *   sessions/<carve_id>/journal   8-byte records (block id, check) appended after a block's bytes are written:
- *                                 the durable list of stored blocks, replayed after a restart
+ *                                 the durable list of stored blocks, replayed after a restart (./upload-journal.ts)
  *   tmp/                          staging for imports and probes; emptied at start-up
  *   .lock                         pid of the one process that owns this directory
  *
@@ -38,7 +39,7 @@ export class DataDirPaths {
   }
 
   journalPath(carveId: string): string {
-    return this.p("sessions", carveId, "journal");
+    return journalIn(this.sessionDir(carveId));
   }
 
   finalPath(carveId: string, compression: Compression): string {

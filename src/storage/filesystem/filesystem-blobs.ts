@@ -11,7 +11,8 @@ import type { ByteRange, Compression, Session, StoreHealth } from "../model.js";
 import { DataDirPaths } from "./data-dir-paths.js";
 import { acquireDirLock, type DirLock } from "./dir-lock.js";
 import { SpaceReserve } from "./space-reserve.js";
-import { errno, freeBytesOf, fsyncDir, hashFile, probeHealth, journalBlocks, journalRecord, readFully, streamToFile, Upload, wrapIo, writeFully } from "./fs-io.js";
+import { errno, freeBytesOf, fsyncDir, hashFile, probeHealth, readFully, streamToFile, wrapIo, writeFully } from "./fs-io.js";
+import { journalRecord, JournalProgressCache, progressOf, readStaging, Upload, type JournalState } from "./upload-journal.js";
 
 /* The data directory's layout, and what makes a block stored: ./data-dir-paths.ts. */
 
@@ -24,6 +25,8 @@ export interface FilesystemBlobsOptions {
   fsyncEachBlock?: boolean;
   /** Uploads kept in memory with open files; older ones are reloaded from their journal. */
   maxOpenUploads?: number;
+  /** Progress of uploads not in memory kept from their journals, checked by a stat (./upload-journal.ts). */
+  maxCachedProgress?: number;
   /** The clock of "last block stored" (tests move it). */
   now?: () => Date;
   /** Disk kept back for custody writes when the disk fills (./space-reserve.ts); default 8 MiB. */
@@ -41,6 +44,7 @@ export class FilesystemBlobs implements BlobStore {
   /** Uploads in memory with open files, least recently used first. */
   private readonly active = new Map<string, Upload>();
   private readonly loading = new Map<string, Promise<Upload | null>>();
+  private readonly progressCache: JournalProgressCache;
   private closed = false;
 
   private constructor(
@@ -55,6 +59,7 @@ export class FilesystemBlobs implements BlobStore {
     this.fsyncEachBlock = options.fsyncEachBlock ?? false;
     this.maxOpen = options.maxOpenUploads ?? 256;
     this.now = options.now ?? (() => new Date());
+    this.progressCache = new JournalProgressCache(options.maxCachedProgress ?? 4096);
   }
 
   /**
@@ -128,8 +133,9 @@ export class FilesystemBlobs implements BlobStore {
     if (hit) return hit;
     const pending = this.loading.get(session.carveId);
     if (pending) return pending;
-    const load = this.load(session)
-      .then((u) => {
+    const load = this.readStaging(session)
+      .then((staging) => {
+        const u = staging ? new Upload(session, staging.journal) : null;
         if (u) this.remember(u);
         return u;
       })
@@ -147,40 +153,25 @@ export class FilesystemBlobs implements BlobStore {
     return hit;
   }
 
-  private async load(session: Session): Promise<Upload | null> {
+  /** What the disk holds of an upload (journal null: no block stored yet); null when it has no staging. */
+  private async readStaging(session: Session): Promise<{ journal: JournalState | null } | null> {
+    const { carveId } = session;
     // A file in carves/ is a whole archive: staging beside it is a crash's leftover, never to be reopened.
-    if (await this.published(session.carveId)) {
-      await fsp.rm(this.paths.sessionDir(session.carveId), { recursive: true, force: true });
+    if (await this.published(carveId)) {
+      await fsp.rm(this.paths.sessionDir(carveId), { recursive: true, force: true });
       return null;
     }
-    const upload = new Upload(session);
-    let buf: Buffer;
     try {
-      buf = await fsp.readFile(this.paths.journalPath(session.carveId));
-      upload.lastBlockAt = (await fsp.stat(this.paths.journalPath(session.carveId))).mtime;
+      return await readStaging(this.paths.sessionDir(carveId), session);
     } catch (err) {
-      if (errno(err) !== "ENOENT") throw wrapIo(err, `read journal of ${session.carveId}`);
-      try {
-        await fsp.access(this.paths.sessionDir(session.carveId));
-      } catch {
-        return null;
-      }
-      buf = Buffer.alloc(0);
+      throw wrapIo(err, `read journal of ${carveId}`);
     }
-    for (const id of journalBlocks(buf, session.blockCount)) {
-      if (upload.has(id)) continue;
-      upload.mark(id);
-      upload.received++;
-      upload.bytes += expectedBlockLength(session, id);
-    }
-    // A torn trailing record (crash mid-append) is overwritten by the next append.
-    upload.journalLength = Math.floor(buf.length / 8) * 8;
-    return upload;
   }
 
   /** Keeps an upload in memory; beyond the cap, idle ones are dropped (their files closed) oldest first. */
   private remember(upload: Upload): void {
     this.active.set(upload.session.carveId, upload);
+    this.progressCache.drop(upload.session.carveId); // memory answers now
     for (const [id, u] of this.active) {
       if (this.active.size <= this.maxOpen) break;
       if (u === upload || !u.mutex.idle) continue;
@@ -191,6 +182,7 @@ export class FilesystemBlobs implements BlobStore {
 
   private forget(upload: Upload): void {
     upload.stale = true;
+    this.progressCache.drop(upload.session.carveId);
     if (this.active.get(upload.session.carveId) === upload) this.active.delete(upload.session.carveId);
     void upload.closeFiles();
   }
@@ -306,14 +298,18 @@ export class FilesystemBlobs implements BlobStore {
     this.assertOpen();
     if (!isSafeId(session.carveId)) return null;
     const hit = this.active.get(session.carveId);
-    const upload = hit && !hit.stale && hit.session.sessionId === session.sessionId ? hit : await this.load(session);
-    if (!upload) return null;
-    return {
-      blocksReceived: upload.received,
-      bytesReceived: upload.bytes,
-      lastBlockAt: upload.lastBlockAt,
-      missing: upload.missing(missingLimit),
-    };
+    if (hit && !hit.stale && hit.session.sessionId === session.sessionId) {
+      return { blocksReceived: hit.received, bytesReceived: hit.bytes, lastBlockAt: hit.lastBlockAt, missing: hit.missing(missingLimit) };
+    }
+    // Not in memory: a journal unchanged since it was last read answers from the cache (a list page's case).
+    if (missingLimit === 0) {
+      const cached = await this.progressCache.lookup(session, this.paths.journalPath(session.carveId));
+      if (cached) return cached;
+    }
+    const staging = await this.readStaging(session);
+    if (!staging) return null;
+    if (staging.journal) this.progressCache.remember(session, staging.journal);
+    return progressOf(staging.journal, session, missingLimit);
   }
 
   // ---------------------------------------------------------------- completion
@@ -445,6 +441,7 @@ export class FilesystemBlobs implements BlobStore {
     const hit = this.active.get(target.carveId);
     const run = async (): Promise<number> => {
       if (hit) this.forget(hit);
+      this.progressCache.drop(target.carveId);
       let freed = 0;
       try {
         for (const file of [this.paths.finalPath(target.carveId, "none"), this.paths.finalPath(target.carveId, "zstd"), this.paths.partPath(target.carveId)]) {
@@ -469,7 +466,7 @@ export class FilesystemBlobs implements BlobStore {
 
   async health(): Promise<StoreHealth> {
     if (this.closed) return { ok: false, backend: this.kind, detail: { dataDir: this.root, error: "store is closed" } };
-    return probeHealth(this.kind, this.root, { activeUploads: this.active.size });
+    return probeHealth(this.kind, this.root, { activeUploads: this.active.size, cachedProgress: this.progressCache.size });
   }
 
   async close(): Promise<void> {
@@ -477,6 +474,7 @@ export class FilesystemBlobs implements BlobStore {
     this.closed = true;
     await Promise.all([...this.active.values()].map((u) => u.mutex.run(() => u.closeFiles())));
     this.active.clear();
+    this.progressCache.clear();
     await this.lock.release();
     this.logger.debug({ dataDir: this.root }, "filesystem blobs closed");
   }

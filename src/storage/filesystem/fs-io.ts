@@ -1,19 +1,14 @@
-import { createHash, randomBytes, type Hash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { promises as fsp, writeSync } from "node:fs";
 import path from "node:path";
 import type { FileHandle } from "node:fs/promises";
 import { AppError } from "../../errors.js";
-import { blockOffset } from "../../carves/geometry.js";
 import { crashPoint } from "../../util/crash-point.js";
 import type { ImportLimits } from "../contracts.js";
 import type { StoreHealth } from "../model.js";
-import type { Session } from "../model.js";
-import { Mutex } from "../../util/mutex.js";
 
 /** Writes up to this size are done synchronously (see writeFully). */
-const SYNC_WRITE_MAX = 64 * 1024;
-export const JOURNAL_RECORD_SIZE = 8;
-const JOURNAL_CHECK = 0xc4a7e5b1;
+export const SYNC_WRITE_MAX = 64 * 1024;
 
 export function wrapIo(err: unknown, what: string): AppError {
   if (err instanceof AppError) return err;
@@ -71,104 +66,6 @@ export async function fsyncDir(dir: string): Promise<void> {
     if (errno(err) !== "EINVAL" && errno(err) !== "EISDIR") throw err;
   } finally {
     await fd.close();
-  }
-}
-
-export function journalRecord(blockId: number): Buffer {
-  const record = Buffer.allocUnsafe(JOURNAL_RECORD_SIZE);
-  record.writeUInt32LE(blockId, 0);
-  record.writeUInt32LE((blockId ^ JOURNAL_CHECK) >>> 0, 4);
-  return record;
-}
-
-/** Block ids of a journal's valid records, in order; a torn or foreign record is skipped. */
-export function* journalBlocks(buf: Buffer, blockCount: number): Generator<number> {
-  const records = Math.floor(buf.length / JOURNAL_RECORD_SIZE);
-  for (let i = 0; i < records; i++) {
-    const id = buf.readUInt32LE(i * JOURNAL_RECORD_SIZE);
-    const check = buf.readUInt32LE(i * JOURNAL_RECORD_SIZE + 4);
-    if ((id ^ JOURNAL_CHECK) >>> 0 === check && id < blockCount) yield id;
-  }
-}
-
-/** One upload being received: which blocks are stored (from the journal), its open files, its running hash. */
-export class Upload {
-  readonly mutex = new Mutex();
-  readonly bitmap: Uint8Array;
-  received = 0;
-  bytes = 0;
-  lastBlockAt: Date;
-  dataFd: FileHandle | null = null;
-  journalFd: FileHandle | null = null;
-  journalLength = 0;
-  /** SHA-256 over blocks [0, hashedBlocks), fed as blocks arrive in order. */
-  hash: Hash = createHash("sha256");
-  hashedBlocks = 0;
-  /** Dropped from memory (evicted, completed, deleted, or memory may disagree with disk after an I/O error). */
-  stale = false;
-
-  constructor(readonly session: Session) {
-    this.bitmap = new Uint8Array(Math.ceil(session.blockCount / 8));
-    this.lastBlockAt = session.createdAt;
-  }
-
-  has(blockId: number): boolean {
-    return ((this.bitmap[blockId >> 3] ?? 0) & (1 << (blockId & 7))) !== 0;
-  }
-
-  /** Whether a block can be stored synchronously (storeNow): files open, small, not stored, no hash catch-up. */
-  storableNow(blockId: number, length: number): boolean {
-    if (this.dataFd === null || this.journalFd === null || length > SYNC_WRITE_MAX || this.has(blockId)) return false;
-    return !(blockId === this.hashedBlocks && this.has(blockId + 1));
-  }
-
-  /**
-   * Stores a new block with no promise and no wait, so nothing else runs on this upload meanwhile: its bytes,
-   * then its journal record, the same steps and crash points as the asynchronous path. Only when storableNow().
-   */
-  storeNow(blockId: number, data: Buffer, at: Date): void {
-    crashPoint("block.before-write");
-    writeFullySync((this.dataFd as FileHandle).fd, data, blockOffset(this.session, blockId));
-    crashPoint("block.after-bytes");
-    writeFullySync((this.journalFd as FileHandle).fd, journalRecord(blockId), this.journalLength);
-    this.journaled(blockId, data.length, at);
-    if (blockId === this.hashedBlocks) {
-      this.hash.update(data);
-      this.hashedBlocks++;
-    }
-  }
-
-  /** Counts a block whose bytes and journal record (at the journal's end) are written. */
-  journaled(blockId: number, length: number, at: Date): void {
-    this.journalLength += JOURNAL_RECORD_SIZE;
-    crashPoint("block.after-journal");
-    this.mark(blockId);
-    this.received++;
-    this.bytes += length;
-    this.lastBlockAt = at;
-  }
-
-  mark(blockId: number): void {
-    const i = blockId >> 3;
-    this.bitmap[i] = (this.bitmap[i] ?? 0) | (1 << (blockId & 7));
-  }
-
-  missing(limit: number): number[] {
-    const out: number[] = [];
-    for (let i = 0; i < this.session.blockCount && out.length < limit; i++) if (!this.has(i)) out.push(i);
-    return out;
-  }
-
-  resetHash(): void {
-    this.hash = createHash("sha256");
-    this.hashedBlocks = 0;
-  }
-
-  async closeFiles(): Promise<void> {
-    const fds = [this.dataFd, this.journalFd];
-    this.dataFd = null;
-    this.journalFd = null;
-    await Promise.all(fds.map((fd) => (fd ? fd.close().catch(() => undefined) : Promise.resolve())));
   }
 }
 
