@@ -164,9 +164,14 @@ class Model {
     if (bs > MAX_BLOCK) codes.push("BLOCK_SIZE_TOO_LARGE");
     if (cs > MAX_CARVE) codes.push("CARVE_TOO_LARGE");
     if (bc !== Math.ceil(cs / bs)) codes.push("INVALID_START");
-    if (this.backend === "gridfs" && bc > MAX_GRIDFS_BLOCKS) codes.push("INVALID_START");
-    if (codes.length > 0) return { kind: "start-refused", codes };
     const existing = this.byCarveId.get(carveId);
+    if (this.backend === "gridfs" && bc > MAX_GRIDFS_BLOCKS) {
+      codes.push("INVALID_START");
+      // The blob store judges the geometry (src/storage/gridfs/gridfs-blobs.ts begin()), after the catalog has
+      // found the carve id taken: either refusal is right for a start that is both.
+      if (existing && codes.length === 1) codes.push("CARVE_ID_CONFLICT");
+    }
+    if (codes.length > 0) return { kind: "start-refused", codes };
     if (!existing) return { kind: "start-accepted", sessionId: null };
     const same =
       existing.requestId === requestId &&
