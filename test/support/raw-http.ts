@@ -81,7 +81,7 @@ export function agentCountsAsSuccess(text: string): boolean {
  */
 export async function readToEnd(res: Response): Promise<{ bytes: number; cut: string | null }> {
   let bytes = 0;
-  const reader = res.body?.getReader();
+  const reader = (res.body as ReadableStream<Uint8Array> | null)?.getReader();
   if (!reader) return { bytes, cut: null };
   try {
     for (;;) {
