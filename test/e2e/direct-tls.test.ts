@@ -185,7 +185,8 @@ describe("HTTPS and mutual TLS served directly", () => {
           ? { cert: await readFile(path.join(work, "expired/agent.pem")), key: await readFile(path.join(work, "expired/agent.key")) }
           : { cert: await file(`${which}.pem`), key: await file(`${which}.key`) };
     expect(await probeHandshake({ port, ca: caPem, client })).toBe(REFUSAL[which ?? "none"]);
-    // and a start sent by a client that writes at once is refused too (the reply never comes) and stores nothing
+    // A start sent by a client that writes at once (as agents do) gets no reply and stores nothing; which of
+    // these errors it sees is the race the probe avoids (tls-probe.ts), never an answer.
     const body = JSON.stringify({ block_count: 1, block_size: 10, carve_size: 10, carve_id: randomUUID(), request_id: "r", node_key: "" });
     const sent = await request(`https://127.0.0.1:${port}/start_uploads`, { ...(client ?? {}), method: "POST", body }).then(
       (r) => `answered ${r.status}`,
