@@ -5,7 +5,6 @@
  */
 import { tmpdir } from "node:os";
 import { inspect } from "node:util";
-import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { tokenFromHeaders } from "../../src/auth/token.js";
 import { VaultAuthorizer, type VaultAuthorizerOptions } from "../../src/auth/vault/vault-authorizer.js";
@@ -237,8 +236,7 @@ describe("VaultAuthorizer, Vault failures", () => {
     expect(sealed.message).toMatch(/sealed/);
     double.setSealed(false);
 
-    double.setDown(true);
-    await sleep(10); // ECONNREFUSED rather than a reset pooled socket (both are 503)
+    double.setDown(true); // a pooled socket is reset, a new one refused: both are "unreachable"
     const down = await rejection(a.decide(t.token, undefined, { action: "list" }));
     expect(down.code).toBe("VAULT_UNAVAILABLE");
     expect(down.message).toMatch(/unreachable/);

@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildCarveArchive } from "../../scripts/emulator/index.js";
 import { EXAMPLE_CARVE_ID } from "../../src/http/api-contract.js";
 import { uploadCarve } from "../support/carve-upload.js";
+import { positiveCountFromEnv } from "../support/fuzz-runs.js";
 import { OPENAPI_PATH } from "../support/openapi-check.js";
 import { ROOT, startTestService, type TestService } from "../support/service.js";
 import { startVaultDouble, type VaultDouble } from "../support/vault-double.js";
@@ -26,7 +27,7 @@ const SCHEMATHESIS = process.env.CARVE_SCHEMATHESIS ?? path.join(ROOT, ".tmp/sch
  * Examples per operation: 25 with the valid token (where the service does the most), 10 without one (every
  * reply is a 401, and its shape is what is checked). About two minutes on 2 cores in all.
  */
-const MAX_EXAMPLES = Number(process.env.CARVE_FUZZ_EXAMPLES ?? "25");
+const MAX_EXAMPLES = positiveCountFromEnv("CARVE_FUZZ_EXAMPLES", 25);
 const MAX_EXAMPLES_UNAUTHENTICATED = Math.ceil(MAX_EXAMPLES / 2.5);
 const CHECKS = [
   "not_a_server_error",

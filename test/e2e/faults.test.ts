@@ -481,6 +481,11 @@ interface TrickleOptions {
   finishAfterMs?: number;
   /** Transfer-Encoding: chunked (no Content-Length), one chunk per tick. */
   chunked?: boolean;
+  /**
+   * Keep the body unfinished (its last byte, or the chunked terminator, unsent) until this settles, or 120 s
+   * at most, however fast the ticks went: the body is still arriving for as long as the test needs it to be.
+   */
+  holdEndUntil?: Promise<unknown>;
 }
 
 /** A block request whose body arrives `bytesPerTick` bytes every `tickMs`, as a slow link delivers it. */
@@ -490,7 +495,8 @@ function trickle(url: string, body: Buffer, options: TrickleOptions): Trickle {
   const started = Date.now();
   const length = options.chunked ? "Transfer-Encoding: chunked" : `Content-Length: ${body.length}`;
   const head = `POST /upload_blocks HTTP/1.1\r\nHost: ${hostname}:${port}\r\nContent-Type: application/json\r\nAccept: application/json\r\nUser-Agent: osquery/5.23.0\r\n${length}\r\nConnection: close\r\n\r\n`;
-  const limit = Math.min(body.length, options.stopAfter ?? body.length);
+  const holding = options.holdEndUntil !== undefined && options.stopAfter === undefined;
+  const limit = Math.min(body.length - (holding && !options.chunked ? 1 : 0), options.stopAfter ?? body.length);
   const frame = (b: Buffer): Buffer => (options.chunked ? Buffer.concat([Buffer.from(`${b.length.toString(16)}\r\n`), b, Buffer.from("\r\n")]) : b);
   let raw = "";
   socket.on("data", (c: Buffer) => (raw += c.toString("utf8")));
@@ -509,12 +515,21 @@ function trickle(url: string, body: Buffer, options: TrickleOptions): Trickle {
         }
         if (off >= limit || socket.destroyed) {
           clearInterval(timer);
-          if (options.chunked && off >= body.length && !socket.destroyed) socket.write("0\r\n\r\n");
-          resolve(Date.now());
+          void (async () => {
+            if (holding) {
+              let deadline: NodeJS.Timeout | undefined;
+              await Promise.race([options.holdEndUntil, new Promise((r) => (deadline = setTimeout(r, 120_000)))]);
+              clearTimeout(deadline);
+              if (off < body.length && !socket.destroyed) socket.write(frame(body.subarray(off)));
+              off = body.length;
+            }
+            if (options.chunked && off >= body.length && !socket.destroyed) socket.write("0\r\n\r\n");
+            resolve(Date.now());
+          })();
           return;
         }
         socket.write(frame(body.subarray(off, Math.min(off + options.bytesPerTick, limit))));
-        off += options.bytesPerTick;
+        off = Math.min(off + options.bytesPerTick, limit);
       }, options.tickMs);
     });
   });
@@ -569,8 +584,8 @@ interface SlowScenario {
 }
 
 /**
- * A service with default limits; slow block uploads start, and one second later another agent carves 4 MiB
- * in 256 KiB blocks: how long that takes against the same carve alone, and the service's memory meanwhile.
+ * A service with default limits; slow block uploads start, and once the service is reading them another agent
+ * carves 4 MiB in 256 KiB blocks while they are kept unfinished (the times are reported, the order asserted).
  * Afterwards every slow carve is finished normally and checked byte-exact.
  */
 async function slowClientScenario(
@@ -591,7 +606,11 @@ async function slowClientScenario(
   const slow = await makeSlow(svc.url);
   const t0 = Date.now();
   const bodies = slow.map((b) => blockBody(b.session, 0, b.data.subarray(0, b.blockSize)));
-  const trickles = slow.map((b, i) => trickle(svc.url, bodies[i] as Buffer, b.options));
+  // The slow bodies stay unfinished until the other carve is done (or 120 s): "done while they were still
+  // arriving" is then a fact of the order of events, not of how fast this machine ran the other carve.
+  let release!: () => void;
+  const normalDone = new Promise<void>((r) => (release = r));
+  const trickles = slow.map((b, i) => trickle(svc.url, bodies[i] as Buffer, { ...b.options, holdEndUntil: normalDone }));
   // The slow bodies are being read by the service (its in-flight budget holds the bytes received: at least
   // each one's first tick) before the other agent starts.
   const held = slow.reduce((sum, b) => sum + b.options.bytesPerTick, 0);
@@ -601,6 +620,7 @@ async function slowClientScenario(
   const during = await runCarve({ ...common, archivePath: normalArchive, blockSize: 256 * 1024 });
   const normalDoneWhileTrickling = trickling;
   const normalDoneAfter = Date.now() - t0;
+  release();
   const replies = await Promise.all(trickles.map((t) => t.reply));
   const lastByteAfter = Math.max(...(await Promise.all(trickles.map((t) => t.sent)))) - t0;
   expect(during.status, describeRequests(during.requests)).toBe("SUCCESS");

@@ -117,7 +117,7 @@ describe("MongoDB outage seen by agents", () => {
       const refused = await post("/upload_blocks", block(2));
       expect(refused.status).toBe(503);
       expect(refused.text).toMatch(/^refused: STORAGE_UNAVAILABLE/);
-      expect(() => JSON.parse(refused.text) as unknown).toThrow();
+      expect(() => JSON.parse(refused.text) as unknown, "not JSON, so osquery retries").toThrow(SyntaxError);
       const ready = await fetch(`${svc.url}/ready`);
       expect(ready.status).toBe(503);
       expect(await ready.json()).toMatchObject({ status: "unavailable", storage: { ok: false, backend: "gridfs" } });

@@ -237,7 +237,9 @@ describe("connections and shutdown (item 4)", () => {
       let closed = false;
       idle.on("close", () => (closed = true));
       await new Promise((r) => idle.once("connect", r));
-      await sleep(200);
+      // the service has accepted it (its guard holds the socket) before the shutdown begins
+      const accepted = (): Promise<number> => new Promise((resolve, reject) => svc.server.getConnections((err, n) => (err ? reject(err) : resolve(n))));
+      await until("the service accepted the connection", async () => (await accepted()) === 1, 30_000);
       let stopped = false;
       const stopping = svc.dispose().then(() => (stopped = true));
       await until("the service stopped", () => stopped, 30_000);
@@ -277,12 +279,17 @@ describe("connections and shutdown (item 4)", () => {
 
 describe("caps without client certificates (item 8)", () => {
   it("distinct node keys from one address share its cap; starts that never send a block stop counting", async () => {
-    const svc = await startTestService({
-      CARVE_MAX_RECEIVING_CARVES_PER_AGENT: "2",
-      CARVE_MAX_RECEIVING_CARVES: "100",
-      CARVE_FIRST_BLOCK_WITHIN_SECONDS: "2",
-      CARVE_TRUSTED_PROXIES: "10.9.9.9",
-    });
+    // The service's clock, stepped over CARVE_FIRST_BLOCK_WITHIN_SECONDS instead of sleeping through it.
+    let offsetMs = 0;
+    const svc = await startTestService(
+      {
+        CARVE_MAX_RECEIVING_CARVES_PER_AGENT: "2",
+        CARVE_MAX_RECEIVING_CARVES: "100",
+        CARVE_FIRST_BLOCK_WITHIN_SECONDS: "2",
+        CARVE_TRUSTED_PROXIES: "10.9.9.9",
+      },
+      { now: () => new Date(Date.now() + offsetMs) },
+    );
     try {
       const start = async (nodeKey: string) => {
         const r = await fetch(`${svc.url}/start_uploads`, {
@@ -295,8 +302,10 @@ describe("caps without client certificates (item 8)", () => {
       expect((await start("key-2")).status).toBe(200);
       expect(await start("key-3")).toMatchObject({ status: 429, json: { error: { code: "TOO_MANY_CARVES_FOR_AGENT" } } });
       // Neither start ever sends a block: after firstBlockWithinSeconds they no longer hold the agent's slots.
-      await sleep(2500);
-      expect((await start("key-4")).status).toBe(200);
+      offsetMs += 1000;
+      expect((await start("key-4")).status, "1 s on: the blockless starts still count").toBe(429);
+      offsetMs += 1500;
+      expect((await start("key-5")).status).toBe(200);
     } finally {
       await svc.dispose();
     }
@@ -366,7 +375,10 @@ describe("responder API (items 7, 9, 11)", () => {
       await fetch(svc.url + p, { method: "POST", body: "{}" });
       await fetch(svc.url + p);
     }
-    await sleep(200);
+    // A later request's line is logged: so is every line of the requests above (answered one after another).
+    const barrier = `barrier-${randomUUID()}`;
+    await fetch(`${svc.url}/api/v1/carves?${barrier}`);
+    await until("the barrier request logged", () => svc.logs.text.includes(barrier), 30_000);
     expect(svc.logs.text).not.toContain(token);
     expect(svc.logs.text).not.toContain(nodeKey);
     expect(svc.logs.text).toContain("token=[redacted]&limit=5");

@@ -141,7 +141,7 @@ describe("tar listing of hostile archives", () => {
         .entries()
         .filter((e) => (e.audit as { carveId?: string } | undefined)?.carveId === id)
         .map((e) => (e.audit as { detail: { truncatedReason?: string } }).detail.truncatedReason);
-    for (let i = 0; i < 100 && reasons().length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    for (const deadline = Date.now() + 30_000; reasons().length === 0 && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 50));
     expect(reasons()).toEqual(["extended-header-too-large"]);
   }, 120_000);
 
@@ -223,12 +223,21 @@ describe("tar listing of hostile archives", () => {
     });
     expect(r0.status).toBe(0);
     const id = await carve(r0.stdout);
+    // /status is asked once the service has the listing request, so the answer shows it was not blocked
+    const received = new Promise<void>((resolve) => {
+      const onRequest = (req: { url?: string }): void => {
+        if (!req.url?.includes(`/carves/${id}/files`)) return;
+        svc.server.off("request", onRequest);
+        resolve();
+      };
+      svc.server.on("request", onRequest);
+    });
     let listed = false;
     const listing = files(id).then((r) => {
       listed = true;
       return r;
     });
-    await new Promise((r) => setTimeout(r, 50));
+    await received;
     const status = await fetch(`${svc.url}/status`);
     const answeredWhileListing = !listed;
     const r = await listing;

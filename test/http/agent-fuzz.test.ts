@@ -24,6 +24,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { ZSTD_MAGIC } from "../../scripts/emulator/index.js";
 import { readAll, sha256 } from "../support/carve-data.js";
 import { peekEntries, peekEntry } from "../support/catalog-peek.js";
+import { positiveCountFromEnv } from "../support/fuzz-runs.js";
 import { agentCountsAsSuccess, rawPost, type RawReply } from "../support/raw-http.js";
 import { startTestService, type TestService } from "../support/service.js";
 
@@ -40,14 +41,7 @@ const MAX_GRIDFS_BLOCKS = 500_000;
 const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const STRICT_BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 /** Runs per property: a positive integer, never 0 or junk (a property run 0 times passes without testing). */
-function fuzzRuns(raw: string | undefined): number {
-  if (raw === undefined || raw === "") return 100;
-  if (!/^[1-9]\d*$/.test(raw.trim()) || !Number.isSafeInteger(Number(raw))) {
-    throw new Error(`CARVE_FUZZ_RUNS=${raw}: expected a positive integer`);
-  }
-  return Number(raw);
-}
-const RUNS = fuzzRuns(process.env.CARVE_FUZZ_RUNS);
+const RUNS = positiveCountFromEnv("CARVE_FUZZ_RUNS", 100);
 
 type Route = "start" | "block" | "auto";
 const PATHS: Record<Route, string> = { start: "/start_uploads", block: "/upload_blocks", auto: "/" };
@@ -654,7 +648,9 @@ describe.each(BACKENDS)("agent endpoints under hostile input (%s)", (backend) =>
     const countBefore = await carveCount();
     const createdBefore = created.size;
     const logsBefore = svc.logs.lines.length;
+    let ran = 0;
     const prop = fc.asyncProperty(requests, async (req) => {
+      ran++;
       try {
         await exchange(req);
       } catch (err) {
@@ -668,6 +664,8 @@ describe.each(BACKENDS)("agent endpoints under hostile input (%s)", (backend) =>
       if (changes.length > 0) throw new Error(`stored carves changed:\n  ${changes.join("\n  ")}\n  after: ${describeRequest(req)}`);
     });
     await fc.assert(prop, { numRuns: runs, endOnFailure: true });
+    // the property really ran (skipped preconditions run it more often than numRuns, never less)
+    expect(ran).toBeGreaterThanOrEqual(runs);
     expect(await changesSince(before)).toEqual([]);
     const accepted = created.size - createdBefore;
     expect(await carveCount(), "carves stored = carves before + valid starts accepted").toEqual({

@@ -109,7 +109,12 @@ it("completes, once S3 is back, a carve whose completion S3 interrupted", async 
     }
     await server.stop();
   })();
-  await expect(a.putBlock(session, last, carve.blocks[last] as Buffer)).rejects.toBeInstanceOf(AppError);
+  const failed = await a.putBlock(session, last, carve.blocks[last] as Buffer).then(
+    () => null,
+    (e: unknown) => e,
+  );
+  expect(failed).toBeInstanceOf(AppError);
+  expect((failed as AppError).code, "S3 gone: the block's completion is a storage failure the agent retries").toBe("STORAGE_UNAVAILABLE");
   await stopping;
   expect((await a.getCarve(carve.spec.carveId))?.status).toBe("receiving");
   await server.start();

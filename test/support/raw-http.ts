@@ -73,3 +73,27 @@ export function agentCountsAsSuccess(text: string): boolean {
     return false;
   }
 }
+
+/**
+ * Reads a fetch Response's body to its end and says how it ended: `cut` is null when it arrived whole, else
+ * what undici reports when the server closes the connection short of its Content-Length ("terminated", its
+ * cause UND_ERR_SOCKET "other side closed"), so a test can tell that from any other failure.
+ */
+export async function readToEnd(res: Response): Promise<{ bytes: number; cut: string | null }> {
+  let bytes = 0;
+  const reader = (res.body as ReadableStream<Uint8Array> | null)?.getReader();
+  if (!reader) return { bytes, cut: null };
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return { bytes, cut: null };
+      bytes += value.byteLength;
+    }
+  } catch (err) {
+    const e = err as Error & { cause?: { code?: string; message?: string } };
+    return { bytes, cut: `${e.name}: ${e.message} (${e.cause?.code ?? "no code"}: ${e.cause?.message ?? "no cause"})` };
+  }
+}
+
+/** What readToEnd says of a body the server cut short by closing the connection. */
+export const CUT_SHORT = "TypeError: terminated (UND_ERR_SOCKET: other side closed)";

@@ -719,7 +719,7 @@ describe("node-vault behaviour the service must guard against", () => {
 
 describe("addToken validation", () => {
   it("rejects what the double does not model", () => {
-    expect(() => double.addToken("", {})).toThrow();
+    expect(() => double.addToken("", {})).toThrow("vault double: a token cannot be empty");
     expect(() =>
       double.addToken("t", { capabilities: { "a/+/b": ["read"] } }),
     ).toThrow(/\+/);
@@ -729,7 +729,7 @@ describe("addToken validation", () => {
     expect(() =>
       double.addToken("t", { capabilities: { "a/*": ["root"] } }),
     ).toThrow(/capability/);
-    expect(() => double.revoke("never-added")).toThrow();
+    expect(() => double.revoke("never-added")).toThrow(/unknown token/);
     // Vault prefixes display names with the auth method and gives entities UUIDs.
     expect(() => double.addToken("t", { displayName: "alice" })).toThrow(/auth method/);
     expect(() => double.addToken("t", { entityId: "ent-1" })).toThrow(/UUID/);
