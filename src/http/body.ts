@@ -158,8 +158,10 @@ export function fastBlockBody(raw: Buffer): Record<string, unknown> | null {
     return null;
   }
   if (typeof head !== "object" || head === null || Array.isArray(head)) return null;
-  // The data key comes last in the text, so it wins over any earlier duplicate, as in JSON.parse.
-  return { ...(head as Record<string, unknown>), data: region };
+  // The data key comes last in the text, so it wins over any earlier duplicate, as in JSON.parse. Set on the
+  // parsed object itself (a copy by spread cost a dictionary-mode object and megamorphic loads per block).
+  (head as Record<string, unknown>).data = region;
+  return head as Record<string, unknown>;
 }
 
 /** osquery's bodies are one flat object; nothing legitimate nests deeper than this. */

@@ -309,7 +309,7 @@ export class IngestService {
    *   BLOCK_LENGTH_MISMATCH, BLOCK_CONFLICT, STORAGE_UNAVAILABLE
    */
   async block(cmd: BlockCommand): Promise<BlockOutcome> {
-    const session = await this.findSession(cmd.sessionId);
+    const session = this.deps.sessions.get(cmd.sessionId) ?? (await this.findSession(cmd.sessionId));
     if (cmd.requestId !== session.requestId) throw new AppError("REQUEST_ID_MISMATCH");
     if (this.deps.requireSameCertificate) {
       const started = session.agent.certificate?.fingerprintSha256 ?? null;
@@ -327,7 +327,8 @@ export class IngestService {
     }
     const expected = expectedBlockLength(session, cmd.blockId);
     const data = typeof cmd.data === "string" ? decodeBlockData(cmd.data, expected) : decodeBase64InPlace(cmd.data, expected);
-    return { ...(await this.storeBlock(session, cmd.blockId, data)), session };
+    const stored = await this.storeBlock(session, cmd.blockId, data);
+    return { duplicate: stored.duplicate, complete: stored.complete, completedNow: stored.completedNow, session };
   }
 
   /**
