@@ -100,13 +100,16 @@ const CPU: CaseDef[] = [
 const MATRICES: Record<string, CaseDef[]> = { full: FULL, quick: QUICK, cpu: CPU };
 
 const USAGE = `npm run bench -- [options]
-  --scenario upload|catalog-scale   upload (default): the upload matrix and downloads below; catalog-scale:
+  --scenario upload|catalog-scale|floor
+                                    upload (default): the upload matrix and downloads below; catalog-scale:
                                     fill a store with --carves carves through the services, then time agent
                                     starts, listings, the node filter, audit pages, start-up and RSS over HTTP
     catalog-scale options: --storage filesystem|gridfs|all (default filesystem), --carves N (100000),
       --gridfs-carves N (default 10000), --nodes N (5000), --fill-dir DIR (default /dev/shm; "none": fill on
       disk in the tmp dir), --keep-data DIR, --reuse-data DIR, --starts N (300), --runs N (30 per query),
       --startups N (3), --concurrency N (8)
+    floor: the CPU per block of the work no carve server can skip (decode, SHA-256, the two writes, the JSON
+      head; scripts/bench/floor.ts), with the service's own functions, for 8 KiB and 1 MiB blocks
   --backend filesystem|gridfs|all   service backends to run (default all); bare and Go run unless skipped
   --matrix full|quick|cpu           the cases: full (default), quick (a smoke run of about a minute), cpu
                                     (issue 16: 8 KiB x 10/50 agents, 1 MiB x 10/50 agents, seconds each)
@@ -236,7 +239,12 @@ async function main(): Promise<number> {
     return 0;
   }
   if (values.scenario === "catalog-scale") return catalogScaleCli(values, { cleanups, cleanupAll, source: sourceState(), log });
-  if (values.scenario !== "upload") throw new Error(`--scenario must be upload or catalog-scale, not ${values.scenario}`);
+  if (values.scenario === "floor") {
+    const { measureFloor, floorTable } = await import("./floor.js");
+    process.stdout.write(`${floorTable(await measureFloor())}\n`);
+    return 0;
+  }
+  if (values.scenario !== "upload") throw new Error(`--scenario must be upload, catalog-scale or floor, not ${values.scenario}`);
   const backends: TargetKind[] =
     values.backend === "all"
       ? ["filesystem", "gridfs"]
