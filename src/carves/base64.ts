@@ -25,6 +25,8 @@ function isWellFormed(bytes: Uint8Array): boolean {
   return true;
 }
 
+/** Bytes of base64 text decoded per string (a multiple of 4). */
+const SLICE = 64 * 1024;
 const DASH = 0x2d; // "-" and "_": the URL-safe alphabet, which Node's decoder also reads
 const UNDERSCORE = 0x5f;
 
@@ -64,9 +66,18 @@ export function decodeBase64InPlace(text: Buffer, expectedLength: number): Buffe
     const last = VALUE[text[n - 4 + (pad === 2 ? 1 : 2)]!]!;
     if (last < 0 || (last & (pad === 2 ? 15 : 3)) !== 0) throw new AppError("INVALID_BASE64");
   }
-  // A one-byte string copy of the text (Node decodes strings), decoded over the text's own memory.
-  const written = text.write(text.toString("latin1", 0, n), 0, announced, "base64");
-  if (written !== announced) throw new AppError("INVALID_BASE64");
+  // Node decodes strings: each slice of the text is copied into a one-byte string, then decoded over the text's
+  // own memory. Slices of 64 KiB keep those strings small, young garbage (one 1.4 MB string per 1 MiB block lives
+  // in V8's large-object space until a full collection: peak RSS with 50 agents rose by ~25 MB). In place is safe:
+  // a slice's output, at 3/4 of its input's offset, ends before the next slice's input begins. Every slice but the
+  // last is padding-free and a multiple of 4 long, so its output length is exact too.
+  let written = 0;
+  for (let at = 0; at < n; at += SLICE) {
+    const end = Math.min(at + SLICE, n);
+    const want = end === n ? announced - written : ((end - at) / 4) * 3;
+    if (text.write(text.toString("latin1", at, end), written, want, "base64") !== want) throw new AppError("INVALID_BASE64");
+    written += want;
+  }
   return text.subarray(0, written);
 }
 

@@ -112,4 +112,19 @@ describe("decodeBase64InPlace, property-based", () => {
       { numRuns: 2000 },
     );
   });
+
+  it("refuses a foreign byte, a pad or a URL-safe byte in any 64 KiB slice of a large block, and decodes the rest", () => {
+    // The decoder works on slices of the text (src/carves/base64.ts): every slice must be held to the rules.
+    const block = randomBytes(300_000 + 2); // a padded tail, 6 slices
+    const good = Buffer.from(block.toString("base64"), "latin1");
+    expect(decodeBase64InPlace(Buffer.from(good), block.length).equals(block)).toBe(true);
+    fc.assert(
+      fc.property(fc.nat({ max: good.length - 3 }), fc.constantFrom(0x20, 0x0a, 0x2a, 0xe9, 0x3d, 0x2d, 0x5f, 0x00), (at, bad) => {
+        const text = Buffer.from(good);
+        text[at] = bad;
+        expect(codeOf(() => decodeBase64InPlace(text, block.length))).toBe("INVALID_BASE64");
+      }),
+      { numRuns: 300 },
+    );
+  });
 });
