@@ -3,7 +3,7 @@ import { AppError } from "../../errors.js";
 import type { AuditLog } from "../contracts.js";
 import { decodeCursor, encodeAuditCursor } from "../listing.js";
 import type { AuditEvent, AuditPage, AuditQuery } from "../model.js";
-import { openCatalogDatabase, runStep, statementCache } from "./sqlite-database.js";
+import { BUSY_SLICE_MS, openCatalogDatabase, runStep, statementCache } from "./sqlite-database.js";
 
 /*
  * The audit trail of the embedded deployment: table `audit` of <dataDir>/catalog.sqlite (sqlite-database.ts),
@@ -66,11 +66,11 @@ export class SqliteAuditLog implements AuditLog {
 
   /** @throws AppError STORAGE_UNAVAILABLE */
   static async open(options: { dataDir: string }): Promise<SqliteAuditLog> {
-    return Promise.resolve(new SqliteAuditLog(openCatalogDatabase(options.dataDir)));
+    return Promise.resolve(new SqliteAuditLog(openCatalogDatabase(options.dataDir, { busySliceMs: BUSY_SLICE_MS })));
   }
 
   private run<T>(what: string, step: () => T): Promise<T> {
-    return runStep(this.db, this.closed ? "audit log is closed" : null, what, step);
+    return runStep(this.db, () => (this.closed ? "audit log is closed" : null), what, step);
   }
 
   append(event: AuditEvent): Promise<void> {

@@ -22,6 +22,7 @@ import {
   type Verification,
 } from "../model.js";
 import {
+  BUSY_SLICE_MS,
   IDLE,
   LISTED_COMPLETE,
   LISTED_RECEIVING,
@@ -236,12 +237,12 @@ export class SqliteCatalog implements CarveCatalog {
    * @throws AppError STORAGE_UNAVAILABLE
    */
   static async open(options: { dataDir: string }): Promise<SqliteCatalog> {
-    const db = openCatalogDatabase(options.dataDir);
+    const db = openCatalogDatabase(options.dataDir, { busySliceMs: BUSY_SLICE_MS });
     return Promise.resolve(new SqliteCatalog(db, db.name));
   }
 
   private run<T>(what: string, step: () => T): Promise<T> {
-    return runStep(this.db, this.closed ? "catalog is closed" : null, what, step);
+    return runStep(this.db, () => (this.closed ? "catalog is closed" : null), what, step);
   }
 
   create(entry: CatalogEntry): Promise<{ entry: CatalogEntry; created: boolean }> {

@@ -13,7 +13,14 @@ import { AppError } from "../../errors.js";
  */
 
 export const CATALOG_FILE = "catalog.sqlite";
-const BUSY_TIMEOUT_MS = 5000;
+/** How long, in all, a write waits for another process's write lock before it fails (STORAGE_UNAVAILABLE). */
+export const BUSY_TIMEOUT_MS = 5000;
+/**
+ * How long one attempt of a service's statement may block the event loop waiting for that lock (SQLite's busy
+ * handler sleeps in the calling thread): the rest of the wait is spent between attempts, asynchronously, so that
+ * an operator's shell holding the lock holds up that write, not every request (it stalled /status for ~5 s).
+ */
+export const BUSY_SLICE_MS = 10;
 
 /** The partial-index conditions, written once: a query uses such an index only if it repeats the exact term. */
 export const VISIBLE = "state IN ('receiving', 'completing', 'complete')";
@@ -106,7 +113,7 @@ function createIfMissing(file: string): void {
  * Opens <dataDir>/catalog.sqlite, creating it (mode 0640, like the archives) and its schema when needed.
  * @throws AppError STORAGE_UNAVAILABLE when the file cannot be opened or was written by a newer release.
  */
-export function openCatalogDatabase(dataDir: string): Database.Database {
+export function openCatalogDatabase(dataDir: string, options: { busySliceMs?: number } = {}): Database.Database {
   const file = path.join(path.resolve(dataDir), CATALOG_FILE);
   let db: Database.Database | null = null;
   try {
@@ -130,6 +137,9 @@ export function openCatalogDatabase(dataDir: string): Database.Database {
         if (version !== SCHEMA.length) conn.pragma(`user_version = ${SCHEMA.length}`);
       })
       .immediate();
+    // Opening (schema, upgrade) waits the whole timeout at once: nothing else runs yet. Later statements, through
+    // runStep, wait in slices.
+    if (options.busySliceMs !== undefined) db.pragma(`busy_timeout = ${options.busySliceMs}`);
     return db;
   } catch (err) {
     db?.close();
@@ -150,16 +160,13 @@ export function statementCache(db: Database.Database): (sql: string) => Database
   };
 }
 
-/**
- * Runs a synchronous database step as the contracts ask: a closed store rejects with STORAGE_UNAVAILABLE, failures
- * are wrapped (cause kept). A write that failed for lack of space can leave SQLite's implicit transaction open;
- * whatever ran next on the connection would then never be committed, so it is ended here and the caller's retry (or
- * the next request) starts clean.
- */
-export function runStep<T>(db: Database.Database, closed: string | null, what: string, step: () => T): Promise<T> {
+type Attempt<T> = { ok: true; value: T } | { ok: false; err: unknown };
+
+function attempt<T>(db: Database.Database, closed: () => string | null, step: () => T): Attempt<T> {
   try {
-    if (closed !== null) throw new AppError("STORAGE_UNAVAILABLE", closed);
-    return Promise.resolve(step());
+    const reason = closed();
+    if (reason !== null) throw new AppError("STORAGE_UNAVAILABLE", reason);
+    return { ok: true, value: step() };
   } catch (err) {
     if (db.inTransaction) {
       try {
@@ -168,6 +175,39 @@ export function runStep<T>(db: Database.Database, closed: string | null, what: s
         // already rolled back by SQLite itself
       }
     }
-    return Promise.reject(storageFailure(err, what));
+    return { ok: false, err };
   }
+}
+
+/** Another connection (another process) holds the lock this step needs: nothing of the step happened. */
+function isBusy(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && code.startsWith("SQLITE_BUSY");
+}
+
+/**
+ * Runs a synchronous database step as the contracts ask: a closed store rejects with STORAGE_UNAVAILABLE, failures
+ * are wrapped (cause kept). A write that failed for lack of space can leave SQLite's implicit transaction open;
+ * whatever ran next on the connection would then never be committed, so it is ended here and the caller's retry (or
+ * the next request) starts clean. A step refused because another process holds the write lock (SQLITE_BUSY, after
+ * the connection's short busy slice) changed nothing and is tried again, asynchronously, until BUSY_TIMEOUT_MS.
+ */
+export function runStep<T>(db: Database.Database, closed: () => string | null, what: string, step: () => T): Promise<T> {
+  const first = attempt(db, closed, step);
+  if (first.ok) return Promise.resolve(first.value);
+  if (!isBusy(first.err)) return Promise.reject(storageFailure(first.err, what));
+  return retryWhileBusy(db, closed, what, step, first.err);
+}
+
+async function retryWhileBusy<T>(db: Database.Database, closed: () => string | null, what: string, step: () => T, busy: unknown): Promise<T> {
+  const deadline = Date.now() + BUSY_TIMEOUT_MS;
+  let last = busy;
+  for (let pause = 5; Date.now() < deadline; pause = Math.min(pause * 2, 100)) {
+    await new Promise((resolve) => setTimeout(resolve, Math.min(pause, Math.max(deadline - Date.now(), 0))));
+    const next = attempt(db, closed, step);
+    if (next.ok) return next.value;
+    if (!isBusy(next.err)) throw storageFailure(next.err, what);
+    last = next.err;
+  }
+  throw storageFailure(last, what);
 }

@@ -15,8 +15,9 @@ import { SqliteAuditLog } from "../../../src/storage/sqlite/sqlite-audit-log.js"
 import { SqliteCatalog } from "../../../src/storage/sqlite/sqlite-catalog.js";
 import { CATALOG_FILE, openCatalogDatabase } from "../../../src/storage/sqlite/sqlite-database.js";
 import type { AuditQuery, ListQuery } from "../../../src/storage/model.js";
-import { auditConformance } from "./audit-suite.js";
-import { catalogConformance } from "./catalog-suite.js";
+import { auditConformance, testEvent } from "./audit-suite.js";
+import { catalogConformance, testEntry } from "./catalog-suite.js";
+import { holdWriteLock } from "../../support/sqlite-lock.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 
@@ -214,6 +215,45 @@ process.stdout.write(JSON.stringify(out));
       expect(await catalog.count()).toEqual({ receiving: 40, complete: 0 });
     } finally {
       await catalog.close();
+    }
+  });
+});
+
+describe("SQLite catalog: another process holding the write lock", () => {
+  it("holds up only the write that waits for it: the call returns at once, reads go on, the write lands once the lock is free", async () => {
+    const dataDir = await tempDir();
+    const catalog = await SqliteCatalog.open({ dataDir });
+    const audit = await SqliteAuditLog.open({ dataDir });
+    try {
+      const before = testEntry();
+      await catalog.create(before);
+      const lock = await holdWriteLock(path.join(dataDir, CATALOG_FILE));
+      let released = false;
+      try {
+        const entry = testEntry();
+        let settled = false;
+        // SQLite's busy handler sleeps in the calling thread: waiting the whole timeout there blocked the event loop
+        // (and so every request of the service) for 5 s. Now only a short slice blocks; the rest is waited between
+        // attempts, so the promise is still pending after a turn of the event loop.
+        const write = catalog.create(entry).finally(() => (settled = true));
+        const appended = audit.append(testEvent()).finally(() => undefined);
+        await new Promise((resolve) => setImmediate(resolve));
+        expect(settled, "the write waits for the lock without holding the event loop").toBe(false);
+        expect((await catalog.get(before.carveId))?.carveId, "readers go on (WAL)").toBe(before.carveId);
+        expect(settled).toBe(false);
+        await lock.release();
+        released = true;
+        expect((await write).created).toBe(true);
+        await appended;
+        expect((await catalog.get(entry.carveId))?.sessionId).toBe(entry.sessionId);
+        expect((await audit.query({ limit: 10 })).events).toHaveLength(1);
+      } finally {
+        if (!released) await lock.release();
+      }
+    } finally {
+      await catalog.close();
+      await audit.close();
+      await rm(dataDir, { recursive: true, force: true });
     }
   });
 });
