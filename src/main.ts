@@ -1,6 +1,6 @@
 import v8 from "node:v8";
 import { ConfigError, loadConfig } from "./config/load.js";
-import { createLogger } from "./logger.js";
+import { createLogger, type Logger } from "./logger.js";
 import { safeErrorFields } from "./errors.js";
 import { startService } from "./server.js";
 
@@ -17,6 +17,16 @@ function tuneHeapForMemory(): void {
   const given = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? "").split(/\s+/)];
   if (given.some((a) => /^--(no-)?optimize[-_]for[-_]size$/.test(a))) return;
   v8.setFlagsFromString("--optimize-for-size");
+}
+
+/**
+ * Exits once the log lines written so far have reached stdout. pino writes asynchronously: exiting at once let the
+ * exit handler's synchronous flush overtake a line still being written ("stopped" arrived before "shutting down").
+ * A stdout that never drains (its reader gone) does not keep the process: it exits after 2 s regardless.
+ */
+function exitWhenLogged(logger: Logger, code: number): void {
+  setTimeout(() => process.exit(code), 2000).unref();
+  logger.flush(() => process.exit(code));
 }
 
 /** Wiring only: config -> logger -> store -> app -> server; graceful shutdown on SIGTERM/SIGINT, TLS
@@ -52,10 +62,10 @@ async function main(): Promise<void> {
     }
     logger.info({ signal }, "signal received");
     service.stop().then(
-      () => process.exit(0),
+      () => exitWhenLogged(logger, 0),
       (err: unknown) => {
         logger.error({ err: safeErrorFields(err) }, "error during shutdown");
-        process.exit(1);
+        exitWhenLogged(logger, 1);
       },
     );
   };

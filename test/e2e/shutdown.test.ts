@@ -122,10 +122,11 @@ describe("shutdown", () => {
     }
     svc.proc.kill("SIGTERM");
     expect(await svc.exited).toBe(0);
-    // One string: the output is collected in pipe chunks, which may cut a log line in two. Ordered by each line's
-    // time, not by its place in the output: under load, pino's stdout writer was seen to deliver "shutting down"
-    // after "stopped" (written 4 ms later).
+    // One string: the output is collected in pipe chunks, which may cut a log line in two. The lines arrive in the
+    // order they were written: exiting before pino's asynchronous writes were done once delivered "shutting down"
+    // after "stopped" (written 4 ms later; src/main.ts now waits for the log to drain). The checks below go by time.
     const text = svc.output.join("");
+    expect(text.indexOf('"msg":"shutting down'), text).toBeLessThan(text.lastIndexOf('"msg":"stopped"'));
     const entries = text
       .split(/(?<=\})(?=\{"level")/)
       .map((l) => JSON.parse(l) as { time: string; msg?: string })
