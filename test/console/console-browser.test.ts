@@ -232,9 +232,17 @@ describe("web console", () => {
     await page.getByLabel("Carve id").fill(live.carveId);
     await page.getByLabel("Action").selectOption("carve.delete");
     await page.getByRole("button", { name: "Apply filters" }).click();
-    await page.locator('tr[data-audit-action="carve.delete"]').first().waitFor(WAIT);
-    const actions = await Promise.all((await page.locator("tr[data-audit-action]").all()).map((r) => r.getAttribute("data-audit-action")));
-    expect(new Set(actions)).toEqual(new Set(["carve.delete"]));
+    // The unfiltered table (which has a carve.delete row too, among others) stays until the filtered page arrives,
+    // and the page re-renders on navigation: wait until the rows shown are the filtered ones.
+    const shownActions = async (): Promise<Set<string | null>> =>
+      new Set(await Promise.all((await page.locator("tr[data-audit-action]").all()).map((r) => r.getAttribute("data-audit-action"))));
+    const deadline = Date.now() + 30_000;
+    let actions = await shownActions();
+    while (!(actions.size === 1 && actions.has("carve.delete")) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+      actions = await shownActions();
+    }
+    expect(actions).toEqual(new Set(["carve.delete"]));
     expect(await page.locator("table.audit").textContent()).toContain("oidc-alice");
     await expectNoSeriousViolations(page, "audit page");
 
