@@ -52,6 +52,8 @@ export async function readBody(req: IncomingMessage, limit: number, options: Rea
   let received = 0;
   await new Promise<void>((resolve, reject) => {
     let waiting = false;
+    /** Bytes taken from the budget ahead of their arrival (after a wait): the next chunks use them first. */
+    let credit = 0;
     let settled = false;
     const cleanup = (): void => {
       settled = true;
@@ -74,21 +76,33 @@ export async function readBody(req: IncomingMessage, limit: number, options: Rea
       chunks.push(chunk);
       received += chunk.length;
       if (!charge) return;
-      const wait = charge.budget.take(chunk.length, charge);
+      const owed = chunk.length - credit;
+      if (owed <= 0) {
+        credit -= chunk.length;
+        return;
+      }
+      credit = 0;
+      // Once it has waited, a body takes ahead what it declared still to send, up to 1/8 of the budget. Woken one
+      // chunk at a time, bodies waiting on a full budget were paused and resumed once per chunk (64 KiB or less:
+      // the reopened TCP window brings small ones), in lockstep: 1 MiB blocks from 50 agents cost twice the CPU
+      // per MiB and half the throughput. A body that never waits holds only what it received.
+      const ahead = length === undefined ? owed : owed + Math.min(length - received, charge.budget.capacity / 8);
+      const wait = charge.budget.take(owed, charge, ahead);
       if (wait === null) {
-        charge.held += chunk.length;
+        charge.held += owed;
         return;
       }
       // The budget is full: stop reading (TCP backpressure) until this chunk's bytes fit.
       req.pause();
       watch?.pause(req);
       waiting = true;
-      void wait.then(() => {
+      void wait.then((granted) => {
         if (settled) {
-          charge.budget.give(chunk.length); // the read failed meanwhile: nobody will give these back
+          charge.budget.give(granted); // the read failed meanwhile: nobody will give these back
           return;
         }
-        charge.held += chunk.length;
+        charge.held += granted;
+        credit = granted - owed;
         waiting = false;
         watch?.resume(req);
         if (ended) {

@@ -6,9 +6,10 @@ export interface BudgetHolder {
 }
 
 interface Waiter {
+  /** Granted all at once: what the holder needs now, plus what it asked to take ahead. */
   bytes: number;
   holder: BudgetHolder | undefined;
-  grant: () => void;
+  grant: (granted: number) => void;
 }
 
 /**
@@ -42,16 +43,18 @@ export class ByteBudget {
 
   /**
    * Takes `bytes` for `holder` (whose `held` the caller keeps up to date): null when granted at once (no promise
-   * made on the hot path), else a promise that resolves once granted. A holder has at most one take waiting.
-   * Give the bytes back with release(holder) (or give() without a holder).
+   * made on the hot path), else a promise that resolves with the bytes granted once they fit: `ahead` of them
+   * (at least `bytes`) when the take had to wait. A holder has at most one take waiting. Give the bytes back with
+   * release(holder) (or give() without a holder).
    */
-  take(bytes: number, holder?: BudgetHolder): Promise<void> | null {
+  take(bytes: number, holder?: BudgetHolder, ahead = bytes): Promise<number> | null {
     if (holder !== undefined) this.holders.add(holder);
     if ((this.waiting.length === 0 || (holder !== undefined && holder === this.senior())) && this.fits(bytes, holder)) {
       this.used += bytes;
       return null;
     }
-    return new Promise<void>((resolve) => this.waiting.push({ bytes, holder, grant: resolve }));
+    const want = Math.max(ahead, bytes);
+    return new Promise<number>((resolve) => this.waiting.push({ bytes: want, holder, grant: () => resolve(want) }));
   }
 
   give(bytes: number): void {
@@ -72,7 +75,7 @@ export class ByteBudget {
       if (w.holder !== holder) continue;
       this.waiting.splice(i, 1);
       this.used += w.bytes;
-      w.grant();
+      w.grant(w.bytes);
     }
     this.drain();
   }
@@ -105,7 +108,7 @@ export class ByteBudget {
         const w = this.waiting[at] as Waiter;
         this.waiting.splice(at, 1);
         this.used += w.bytes;
-        w.grant();
+        w.grant(w.bytes);
       }
     }
     while (this.waiting.length > 0) {
@@ -113,7 +116,7 @@ export class ByteBudget {
       if (!this.fits(next.bytes, next.holder)) return;
       this.waiting.shift();
       this.used += next.bytes;
-      next.grant();
+      next.grant(next.bytes);
     }
   }
 

@@ -104,6 +104,27 @@ describe("ByteBudget", () => {
     expect(await settled(smallWaits)).toBe(true);
   });
 
+  it("a take that waits is granted what it asked to take ahead, at once; one granted at once gets only its bytes", async () => {
+    const budget = new ByteBudget(100);
+    const a = reader(budget);
+    const b: BudgetHolder = { held: 0 };
+    await a.take(60);
+    expect(budget.take(10, b, 50), "room now: no more than asked").toBeNull();
+    b.held += 10;
+    const c: BudgetHolder = { held: 0 };
+    const wait = budget.take(40, c, 70); // 110 > 100: waits, for 70
+    expect(wait).not.toBeNull();
+    budget.release(b); // 60 in use: 70 does not fit yet
+    let granted = 0;
+    void wait?.then((n) => (granted = n));
+    await new Promise((r) => setImmediate(r));
+    expect(granted).toBe(0);
+    budget.release(a.holder); // 0 in use (c is the senior now anyway)
+    await new Promise((r) => setImmediate(r));
+    expect(granted).toBe(70);
+    expect(budget.inUse).toBe(70);
+  });
+
   it("acquire without a holder keeps its plain semaphore behaviour", async () => {
     const slots = new ByteBudget(2);
     const r1 = await slots.acquire(1);
