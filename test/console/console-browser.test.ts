@@ -234,8 +234,11 @@ describe("web console", () => {
     await page.getByRole("button", { name: "Apply filters" }).click();
     // The unfiltered table (which has a carve.delete row too, among others) stays until the filtered page arrives,
     // and the page re-renders on navigation: wait until the rows shown are the filtered ones.
+    // Read in one step in the page: row by row, a row could be gone before its attribute was read (and Playwright
+    // then waits for it).
+    type Row = { getAttribute(name: string): string | null };
     const shownActions = async (): Promise<Set<string | null>> =>
-      new Set(await Promise.all((await page.locator("tr[data-audit-action]").all()).map((r) => r.getAttribute("data-audit-action"))));
+      new Set(await page.locator("tr[data-audit-action]").evaluateAll((rows: Row[]) => rows.map((r) => r.getAttribute("data-audit-action"))));
     const deadline = Date.now() + 30_000;
     let actions = await shownActions();
     while (!(actions.size === 1 && actions.has("carve.delete")) && Date.now() < deadline) {
