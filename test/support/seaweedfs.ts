@@ -70,9 +70,29 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** Distinct free ports (asking the kernel one at a time could hand the same port out twice). */
+async function bindable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once("error", () => resolve(false));
+    srv.listen(port, "127.0.0.1", () => srv.close(() => resolve(true)));
+  });
+}
+
+/**
+ * Distinct free ports below the kernel's ephemeral range: a port the kernel hands out (listen on 0) lies inside it,
+ * and an outbound connection of anything else running may claim it before weed binds it ("bind: address already
+ * in use" during a busy test run; weed warns about exactly that). Falls back to kernel-chosen ports if the low
+ * range is exhausted.
+ */
 async function freePorts(n: number): Promise<number[]> {
+  const range = await readFile("/proc/sys/net/ipv4/ip_local_port_range", "utf8").catch(() => "32768 60999");
+  const floor = Number(range.trim().split(/\s+/)[0]) || 32768;
+  const low = Math.min(15_000, floor - 1000);
   const ports = new Set<number>();
+  for (let tries = 0; ports.size < n && tries < n * 50; tries++) {
+    const port = low + Math.floor(Math.random() * (floor - low));
+    if (!ports.has(port) && (await bindable(port))) ports.add(port);
+  }
   while (ports.size < n) ports.add(await freePort());
   return [...ports];
 }
@@ -122,9 +142,12 @@ export async function startSeaweedFs(options: { bucket?: string } = {}): Promise
       ],
     }),
   );
-  const portList = await freePorts(PORT_FLAGS.length);
-  const ports = Object.fromEntries(PORT_FLAGS.map((f, i) => [f, portList[i] as number])) as Record<PortFlag, number>;
-  const args = [
+  const pickPorts = async (): Promise<Record<PortFlag, number>> => {
+    const portList = await freePorts(PORT_FLAGS.length);
+    return Object.fromEntries(PORT_FLAGS.map((f, i) => [f, portList[i] as number])) as Record<PortFlag, number>;
+  };
+  let ports = await pickPorts();
+  const argsOf = (ports: Record<PortFlag, number>): string[] => [
     "mini",
     `-dir=${dataDir}`,
     "-ip=127.0.0.1",
@@ -142,7 +165,8 @@ export async function startSeaweedFs(options: { bucket?: string } = {}): Promise
     `-filer.localSocket=${path.join(dir, "filer.sock")}`,
     `-s3.localSocket=${path.join(dir, "s3.sock")}`,
   ];
-  const endpoint = `http://127.0.0.1:${ports["s3.port"]}`;
+  let args = argsOf(ports);
+  let endpoint = `http://127.0.0.1:${ports["s3.port"]}`;
   const logFile = path.join(dir, "weed.log");
   let child: ChildProcess | null = null;
 
@@ -218,7 +242,22 @@ export async function startSeaweedFs(options: { bucket?: string } = {}): Promise
     }
   };
 
-  await start();
+  // A port taken by someone else between the pick and weed's bind: pick again (the first start only; a restart
+  // keeps its ports, as callers expect).
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await start();
+      break;
+    } catch (err) {
+      if (attempt >= 3 || !/address already in use/.test(String(err))) throw err;
+      // A fresh data directory: nothing of the failed start (which knew the old ports) is kept.
+      await rm(dataDir, { recursive: true, force: true });
+      await mkdir(dataDir);
+      ports = await pickPorts();
+      args = argsOf(ports);
+      endpoint = `http://127.0.0.1:${ports["s3.port"]}`;
+    }
+  }
   return {
     endpoint,
     region,
