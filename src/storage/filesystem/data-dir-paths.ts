@@ -25,8 +25,7 @@ export class DataDirPaths {
 
   p(...parts: string[]): string {
     const full = path.join(this.root, ...parts);
-    if (full !== this.root && !full.startsWith(this.root + path.sep))
-      throw new AppError("INTERNAL", "path escapes the data directory");
+    if (full !== this.root && !full.startsWith(this.root + path.sep)) throw new AppError("INTERNAL", "path escapes the data directory");
     return full;
   }
 

@@ -144,10 +144,16 @@ export class FilesystemBlobs implements BlobStore {
     return load;
   }
 
-  /** The upload if it is in memory (and marked most recently used), without a promise. */
-  private inMemory(session: Session): Upload | null {
+  /** The session's upload if it is in memory and current. */
+  private resident(session: Session): Upload | null {
     const hit = this.active.get(session.carveId);
-    if (!hit || hit.stale || hit.session.sessionId !== session.sessionId) return null;
+    return hit && !hit.stale && hit.session.sessionId === session.sessionId ? hit : null;
+  }
+
+  /** The upload if it is in memory, marked most recently used, without a promise. */
+  private inMemory(session: Session): Upload | null {
+    const hit = this.resident(session);
+    if (!hit) return null;
     this.active.delete(session.carveId); // re-insert: most recently used
     this.active.set(session.carveId, hit);
     return hit;
@@ -297,10 +303,8 @@ export class FilesystemBlobs implements BlobStore {
   async progress(session: Session, missingLimit: number): Promise<UploadProgress | null> {
     this.assertOpen();
     if (!isSafeId(session.carveId)) return null;
-    const hit = this.active.get(session.carveId);
-    if (hit && !hit.stale && hit.session.sessionId === session.sessionId) {
-      return { blocksReceived: hit.received, bytesReceived: hit.bytes, lastBlockAt: hit.lastBlockAt, missing: hit.missing(missingLimit) };
-    }
+    const hit = this.resident(session);
+    if (hit) return { blocksReceived: hit.received, bytesReceived: hit.bytes, lastBlockAt: hit.lastBlockAt, missing: hit.missing(missingLimit) };
     // Not in memory: a journal unchanged since it was last read answers from the cache (a list page's case).
     if (missingLimit === 0) {
       const cached = await this.progressCache.lookup(session, this.paths.journalPath(session.carveId));

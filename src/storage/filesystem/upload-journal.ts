@@ -72,6 +72,9 @@ export interface JournalState {
 }
 
 const hasBit = (bitmap: Uint8Array, id: number): boolean => ((bitmap[id >> 3] ?? 0) & (1 << (id & 7))) !== 0;
+const setBit = (bitmap: Uint8Array, id: number): void => {
+  bitmap[id >> 3] = (bitmap[id >> 3] ?? 0) | (1 << (id & 7));
+};
 
 function missingOf(bitmap: Uint8Array, blockCount: number, limit: number): number[] {
   const out: number[] = [];
@@ -99,7 +102,7 @@ export async function readJournal(file: string, session: Session): Promise<Journ
     let bytes = 0;
     for (const id of journalBlocks(buf, session.blockCount)) {
       if (hasBit(bitmap, id)) continue;
-      bitmap[id >> 3] = (bitmap[id >> 3] ?? 0) | (1 << (id & 7));
+      setBit(bitmap, id);
       received++;
       bytes += expectedBlockLength(session, id);
     }
@@ -199,8 +202,7 @@ export class Upload {
   }
 
   mark(blockId: number): void {
-    const i = blockId >> 3;
-    this.bitmap[i] = (this.bitmap[i] ?? 0) | (1 << (blockId & 7));
+    setBit(this.bitmap, blockId);
   }
 
   missing(limit: number): number[] {
